@@ -1,0 +1,543 @@
+//! Configuration: TOML text → serde mirror (`raw`) → typed, validated [`Config`].
+//!
+//! Parsing is the only validation: once a `Config` exists every address is a
+//! `SocketAddr`, every duration a `Duration`, every route names an upstream that
+//! exists. Errors carry the file, line and column of the offending value and say what
+//! to write instead; `tether check` and reload print exactly these messages.
+//!
+//! Defaults live here, next to the key they belong to, and `conf/tether.toml`
+//! documents each one (a test parses that file so it cannot rot).
+
+mod raw;
+mod summary;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use crate::balance::Table;
+use crate::principal::{Fallback, Source};
+use crate::route::HostPattern;
+use raw::{RawConfig, RawListener, RawRoute, RawUpstream};
+pub use summary::{human, summary};
+
+/// Default for `route.idle_timeout`: a tunnel with no byte in either direction for
+/// this long is closed. Far above any heartbeat interval (STOMP 10 s, Socket.IO 25 s,
+/// a once-a-minute ping), and the value HAProxy recommends for `timeout tunnel`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
+/// Below the shortest common backend keep-alive (Node.js: 5 s), so tether closes an
+/// idle pooled connection before the backend does and never sends a request into a
+/// connection the backend is closing.
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_WEIGHT: i64 = 1000;
+
+/// The validated configuration. Built only by [`Config::parse`] / [`Config::load`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Sorted by name; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How long shutdown waits for connections and tunnels to finish.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    /// Peers whose `X-Forwarded-*` headers are believed and extended.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request line plus headers; more is answered 431.
+    pub max_header_bytes: usize,
+    /// Time allowed for a request's headers to arrive, counted from the end of the
+    /// previous response (so it is also the idle keep-alive timeout).
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<HostPattern>,
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub principal: Vec<Source>,
+    pub fallback: Fallback,
+    /// `None`: tunnels on this route never time out for idleness.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+    pub connect_timeout: Duration,
+    /// After a failed connect the backend is skipped this long (then tried again).
+    pub connect_backoff: Duration,
+    /// Idle pooled keep-alive connections to a backend are closed after this long.
+    pub keepalive_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `name` if given, else the address exactly as written. Placement hashes this.
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl UpstreamConfig {
+    /// The placement table of this upstream: the one function both the proxy and
+    /// `tether owner` use.
+    pub fn table(&self) -> Table {
+        Table::new(self.backends.iter().map(|b| (b.id.as_str(), b.weight)))
+    }
+}
+
+/// A configuration error, printed as `file:line:col: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: cannot read: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {message}")]
+    At {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and parses the file at `path`; errors name the path as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Parses TOML `text`; `origin` names it in error messages (usually the path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::At {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+        build(raw).map_err(|Invalid { span, message }| at(Some(span), message))
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// A semantic error at a span of the source, before it is turned into line:column.
+struct Invalid {
+    span: Range<usize>,
+    message: String,
+}
+
+fn invalid<T>(span: Range<usize>, message: impl fmt::Display) -> Result<T, Invalid> {
+    Err(Invalid {
+        span,
+        message: message.to_string(),
+    })
+}
+
+fn build(raw: RawConfig) -> Result<Config, Invalid> {
+    if raw.listener.is_empty() {
+        return invalid(
+            0..0,
+            "no [[listener]]: add one, e.g. `bind = \"0.0.0.0:8080\"`",
+        );
+    }
+    let mut listeners = Vec::with_capacity(raw.listener.len());
+    let mut binds = HashSet::new();
+    for l in raw.listener {
+        let span = l.bind.span();
+        let listener = build_listener(l)?;
+        if !binds.insert(listener.bind) {
+            return invalid(span, format!("listener {} is defined twice", listener.bind));
+        }
+        listeners.push(listener);
+    }
+
+    let mut upstreams = Vec::with_capacity(raw.upstream.len());
+    for (name, u) in raw.upstream {
+        upstreams.push(build_upstream(name, u)?);
+    }
+
+    let mut routes = Vec::with_capacity(raw.route.len());
+    let mut seen = HashSet::new();
+    for r in raw.route {
+        let span = r.path.span();
+        let route = build_route(r, &upstreams)?;
+        if !seen.insert((route.host.clone(), route.path.clone())) {
+            return invalid(span, "another route has the same host and path");
+        }
+        routes.push(route);
+    }
+
+    Ok(Config {
+        listeners,
+        routes,
+        upstreams,
+        drain_timeout: duration_or(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
+    })
+}
+
+fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
+    let bind = match l.bind.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            return invalid(
+                l.bind.span(),
+                "`bind` must be IP:port, e.g. \"0.0.0.0:8080\"",
+            );
+        }
+    };
+    let mut trusted_proxies = Vec::with_capacity(l.trusted_proxies.len());
+    for p in &l.trusted_proxies {
+        let net = p
+            .get_ref()
+            .parse::<IpNet>()
+            .or_else(|_| p.get_ref().parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => {
+                return invalid(
+                    p.span(),
+                    "a trusted proxy is an address or CIDR, e.g. \"10.0.0.0/8\"",
+                );
+            }
+        }
+    }
+    let max_header_bytes = match l.max_header_bytes {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(v) if (1024..=1024 * 1024).contains(&v) => v,
+            _ => {
+                return invalid(
+                    n.span(),
+                    "`max_header_bytes` must be between 1024 and 1048576",
+                );
+            }
+        },
+    };
+    Ok(ListenerConfig {
+        bind,
+        trusted_proxies,
+        max_header_bytes,
+        header_timeout: duration_or(l.header_timeout, DEFAULT_HEADER_TIMEOUT)?,
+    })
+}
+
+fn build_upstream(name: Spanned<String>, u: RawUpstream) -> Result<UpstreamConfig, Invalid> {
+    if name.get_ref().is_empty() {
+        return invalid(name.span(), "an upstream name cannot be empty");
+    }
+    if u.backends.get_ref().is_empty() {
+        return invalid(u.backends.span(), "an upstream needs at least one backend");
+    }
+    let mut backends = Vec::with_capacity(u.backends.get_ref().len());
+    let mut ids = HashSet::new();
+    for b in u.backends.into_inner() {
+        let span = b.span();
+        let b = b.into_inner();
+        let addr = match resolve(&b.addr) {
+            Ok(a) => a,
+            Err(why) => return invalid(span, format!("backend `{}`: {why}", b.addr)),
+        };
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(_) => return invalid(span, format!("`weight` must be 1..={MAX_WEIGHT}")),
+        };
+        let id = b.name.unwrap_or(b.addr);
+        if id.is_empty() {
+            return invalid(span, "a backend `name` cannot be empty");
+        }
+        if !ids.insert(id.clone()) {
+            return invalid(
+                span,
+                format!("backend id `{id}` is used twice in this upstream; give one a `name`"),
+            );
+        }
+        backends.push(BackendConfig { id, addr, weight });
+    }
+    Ok(UpstreamConfig {
+        name: name.into_inner(),
+        backends,
+        connect_timeout: duration_or(u.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?,
+        connect_backoff: duration_or(u.connect_backoff, DEFAULT_CONNECT_BACKOFF)?,
+        keepalive_timeout: duration_or(u.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT)?,
+    })
+}
+
+/// `host:port` with an IP literal, or a name resolved once now (as nginx does).
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err("needs a port, e.g. \"10.0.0.5:8080\"".into());
+    }
+    match addr.to_socket_addrs() {
+        Ok(mut found) => found
+            .next()
+            .ok_or_else(|| "the name resolves to no address".into()),
+        Err(e) => Err(format!("cannot resolve: {e}")),
+    }
+}
+
+fn build_route(r: RawRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
+    if !r.path.get_ref().starts_with('/') {
+        return invalid(
+            r.path.span(),
+            "a route `path` is a prefix starting with '/'",
+        );
+    }
+    let host = match &r.host {
+        None => None,
+        Some(h) => match h.get_ref().parse::<HostPattern>() {
+            Ok(p) => Some(p),
+            Err(why) => return invalid(h.span(), why),
+        },
+    };
+    let Some(upstream) = upstreams
+        .iter()
+        .position(|u| &u.name == r.upstream.get_ref())
+    else {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return invalid(
+            r.upstream.span(),
+            format!(
+                "unknown upstream `{}`; defined: {}",
+                r.upstream.get_ref(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    };
+    let mut principal = Vec::with_capacity(r.principal.len());
+    for p in &r.principal {
+        match p.get_ref().parse::<Source>() {
+            Ok(s) => principal.push(s),
+            Err(why) => return invalid(p.span(), why),
+        }
+    }
+    let fallback = match &r.fallback {
+        None => Fallback::Ip,
+        Some(f) => match f.get_ref().as_str() {
+            "ip" => Fallback::Ip,
+            "reject" => Fallback::Reject,
+            _ => return invalid(f.span(), "`fallback` is \"ip\" or \"reject\""),
+        },
+    };
+    let idle_timeout = match &r.idle_timeout {
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+        Some(s) if s.get_ref() == "off" => None,
+        Some(s) => Some(duration(s)?),
+    };
+    Ok(RouteConfig {
+        host,
+        path: r.path.into_inner(),
+        upstream,
+        principal,
+        fallback,
+        idle_timeout,
+    })
+}
+
+fn duration_or(v: Option<Spanned<String>>, default: Duration) -> Result<Duration, Invalid> {
+    v.as_ref().map_or(Ok(default), duration)
+}
+
+fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
+    match parse_duration(v.get_ref()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => invalid(
+            v.span(),
+            "a duration is a number with a unit: \"500ms\", \"10s\", \"5m\", \"1h\"",
+        ),
+    }
+}
+
+/// `"250ms"`, `"10s"`, `"5m"`, `"1h"`; whole numbers only.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[listener]]
+bind = "127.0.0.1:8080"
+
+[[route]]
+path = "/"
+host = "chat.example.com"
+upstream = "app"
+principal = ["cookie:JSESSIONID", "header:X-User-Id", "query:userId", "path:3"]
+fallback = "ip"
+
+[upstream.app]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name = "c", weight = 2 }]
+"#;
+
+    fn error(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:8080".parse().unwrap());
+        let r = &c.routes[0];
+        assert_eq!(r.principal.len(), 4);
+        assert_eq!(r.fallback, Fallback::Ip);
+        assert_eq!(r.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        let b = &c.upstreams[r.upstream].backends;
+        assert_eq!(b[0].id, "127.0.0.1:9001");
+        assert_eq!((b[2].id.as_str(), b[2].weight), ("c", 2));
+    }
+
+    #[test]
+    fn unknown_key_names_position_and_key() {
+        let e = error("[[listener]]\nbind = \"127.0.0.1:1\"\nbnid = 3\n");
+        assert!(e.starts_with("t.toml:3:1: "), "{e}");
+        assert!(e.contains("bnid"), "{e}");
+    }
+
+    #[test]
+    fn unknown_backend_key_is_reported_not_swallowed() {
+        let text = GOOD.replace("weight = 2", "wieght = 2");
+        let e = error(&text);
+        assert!(e.contains("wieght"), "{e}");
+        assert!(e.starts_with("t.toml:13:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_upstream_points_at_the_value() {
+        let e = error(&GOOD.replace("upstream = \"app\"", "upstream = \"ap\""));
+        assert_eq!(e, "t.toml:8:12: unknown upstream `ap`; defined: app");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = error("[[listener]\nbind = 1\n");
+        assert!(e.starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let cases = [
+            (
+                "bind = \"127.0.0.1:8080\"",
+                "bind = \"localhost\"",
+                "IP:port",
+            ),
+            ("path = \"/\"", "path = \"api\"", "starting with '/'"),
+            ("\"path:3\"", "\"path:0\"", "path:N"),
+            ("\"query:userId\"", "\"body:x\"", "cookie:NAME"),
+            ("fallback = \"ip\"", "fallback = \"random\"", "\"reject\""),
+            ("weight = 2", "weight = 0", "weight"),
+            ("\"127.0.0.1:9002\"", "\"127.0.0.1\"", "needs a port"),
+            ("\"127.0.0.1:9002\"", "\"127.0.0.1:9001\"", "used twice"),
+            (
+                "host = \"chat.example.com\"",
+                "host = \"a.*.com\"",
+                "*.example.com",
+            ),
+        ];
+        for (from, to, expect) in cases {
+            let e = error(&GOOD.replace(from, to));
+            assert!(e.contains(expect), "{to}: {e}");
+            assert!(e.starts_with("t.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let off = GOOD.replace(
+            "fallback = \"ip\"",
+            "fallback = \"ip\"\nidle_timeout = \"off\"",
+        );
+        assert_eq!(
+            Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
+            None
+        );
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        assert!(error("").contains("no [[listener]]"));
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\nçd", 5), (2, 2));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+}

@@ -1,0 +1,106 @@
+//! The serde mirror of the TOML file: exactly the shape a user writes, nothing typed yet.
+//!
+//! Every table denies unknown keys, so a typo is an error with a position instead of a
+//! silently ignored setting. Values that the typed layer (`config/mod.rs`) still has to
+//! interpret keep their byte span (`Spanned`) so that its errors can point at them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+    #[serde(default)]
+    pub upstream: BTreeMap<Spanned<String>, RawUpstream>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub bind: Spanned<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub header_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub principal: Vec<Spanned<String>>,
+    pub fallback: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub connect_backoff: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
+}
+
+/// A backend is either `"host:port"` or `{ addr = "host:port", name = "a", weight = 2 }`.
+#[derive(Debug)]
+pub struct RawBackend {
+    pub addr: String,
+    pub name: Option<String>,
+    pub weight: Option<i64>,
+}
+
+/// Written by hand rather than `#[serde(untagged)]`: untagged enums swallow the inner
+/// error ("data did not match any variant"), and we want `unknown field `wieght``.
+struct BackendVisitor;
+
+impl<'de> Visitor<'de> for BackendVisitor {
+    type Value = RawBackend;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#""host:port" or { addr = "host:port", name = "...", weight = N }"#)
+    }
+
+    fn visit_str<E: de::Error>(self, addr: &str) -> Result<RawBackend, E> {
+        Ok(RawBackend {
+            addr: addr.to_owned(),
+            name: None,
+            weight: None,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            addr: String,
+            name: Option<String>,
+            weight: Option<i64>,
+        }
+        let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawBackend {
+            addr: t.addr,
+            name: t.name,
+            weight: t.weight,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BackendVisitor)
+    }
+}

@@ -1,0 +1,83 @@
+//! The one-screen summary `tether check` prints for a valid configuration.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::Config;
+
+pub fn summary(c: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "listeners:");
+    for l in &c.listeners {
+        let trusted: Vec<String> = l.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  {}  trusted proxies: {}",
+            l.bind,
+            if trusted.is_empty() {
+                "none".into()
+            } else {
+                trusted.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(s, "routes:");
+    for r in &c.routes {
+        let host = r.host.as_ref().map_or("*".to_owned(), |h| h.to_string());
+        let sources: Vec<String> = r.principal.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  {host} {} -> {}  principal: [{}] else {}  idle: {}",
+            r.path,
+            c.upstreams[r.upstream].name,
+            sources.join(", "),
+            r.fallback,
+            r.idle_timeout.map_or("off".to_owned(), human)
+        );
+    }
+    let _ = writeln!(s, "upstreams:");
+    for u in &c.upstreams {
+        let _ = writeln!(
+            s,
+            "  {}  connect timeout {}, backoff {}, keep-alive {}",
+            u.name,
+            human(u.connect_timeout),
+            human(u.connect_backoff),
+            human(u.keepalive_timeout)
+        );
+        for (b, share) in u.backends.iter().zip(u.table().shares()) {
+            let _ = writeln!(
+                s,
+                "    {:<24} {:<22} weight {:<3} share {:5.1}%",
+                b.id,
+                b.addr,
+                b.weight,
+                share * 100.0
+            );
+        }
+    }
+    s
+}
+
+/// `1h`, `5m`, `10s`, `250ms`: the largest unit that divides the duration.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humane_durations() {
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_secs(90)), "90s");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,179 @@
+//! The `tether` binary: CLI, tracing, config loading, binding, signals. The proxy
+//! itself is the library's [`tether::run`].
+
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use tether::config::{Config, summary};
+use tether::demo::{self, Node};
+use tether::principal::Principal;
+use tether::{Listener, Live};
+
+#[derive(Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Sticky reverse proxy for clustered WebSocket apps"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, short, default_value = "conf/tether.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print a summary; on error print file:line:col and exit 1.
+    Check {
+        #[arg(long, short, default_value = "conf/tether.toml")]
+        config: PathBuf,
+    },
+    /// Print the id of the backend that owns KEY when all backends are up.
+    Owner {
+        #[arg(long, short, default_value = "conf/tether.toml")]
+        config: PathBuf,
+        #[arg(long, short)]
+        upstream: String,
+        /// The principal's value, decoded (e.g. the user id, the cookie value).
+        key: String,
+    },
+    /// Start three demo nodes on loopback and tether in front of them.
+    Demo {
+        #[arg(long, short, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Owner {
+            config,
+            upstream,
+            key,
+        } => owner(&config, &upstream, &key),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(serve(&config))),
+        Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(demo(listen))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    print!("{}: ok\n{}", path.display(), summary(&config));
+    Ok(())
+}
+
+fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
+    let config = Config::load(path)?;
+    let Some(u) = config.upstream(upstream) else {
+        let known: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        bail!(
+            "no upstream `{upstream}` in {}; defined: {}",
+            path.display(),
+            known.join(", ")
+        );
+    };
+    let key = Principal::from_bytes(key.as_bytes()).key();
+    match u.table().owner(key) {
+        Some(i) => println!("{}", u.backends[i].id),
+        None => bail!("upstream `{upstream}` has no backends"),
+    }
+    Ok(())
+}
+
+async fn serve(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let listeners = bind(&config).await?;
+    let live = Arc::new(Live::new(&config));
+    info!(config = %path.display(), "tether started");
+    tether::run(listeners, live, stop_signal()).await;
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr) -> Result<()> {
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        nodes.push(
+            Node::start(name)
+                .await
+                .context("cannot start a demo node")?,
+        );
+    }
+    let text = demo::config(listen, &nodes);
+    let config = Config::parse(&text, "demo")?;
+    let listeners = bind(&config).await?;
+    let local = listeners[0].socket.local_addr()?;
+    println!("tether demo: three nodes behind tether, placed by user name.\n");
+    for n in &nodes {
+        println!("  {}  http://{}", n.name, n.addr);
+    }
+    println!("\nOpen http://{local}/ in a browser, or try:");
+    println!("  curl -s 'http://{local}/info?user=alice'   (always the same node for alice)");
+    println!("\nThe configuration in use:\n\n{text}");
+    println!("Ctrl-C stops it.");
+    let live = Arc::new(Live::new(&config));
+    tether::run(listeners, live, stop_signal()).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+async fn bind(config: &Config) -> Result<Vec<Listener>> {
+    let mut out = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", l.bind))?;
+        out.push(Listener::new(l.bind, socket));
+    }
+    Ok(out)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
+    }
+}

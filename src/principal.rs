@@ -1,0 +1,299 @@
+//! The principal: who a request is about, reduced at once to its placement hash.
+//!
+//! A route lists sources (`cookie:NAME`, `header:NAME`, `query:NAME`, `path:N`); the
+//! first that yields a non-empty value wins, else the route's [`Fallback`]. Every
+//! source is attacker input: a malformed cookie, header or encoding means "absent",
+//! never an error. The raw value is hashed and dropped here; only [`Principal`] (the
+//! hash) travels on, and logs use its [`Principal::fingerprint`].
+//!
+//! Decoding, so that the same user id gives the same key from every source:
+//! `query:` values are decoded as `application/x-www-form-urlencoded` (`%XX` and
+//! `+` → space), `path:` segments are percent-decoded (`+` stays `+`), cookies and
+//! headers are taken as sent, with surrounding spaces trimmed.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::str::FromStr;
+
+use hyper::Uri;
+use hyper::header::{COOKIE, HeaderMap, HeaderName};
+
+use crate::balance::key_hash;
+
+/// Where a route looks for the principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Cookie(String),
+    Header(HeaderName),
+    Query(String),
+    /// The N-th segment of the request path, 1-based: in `/ws/alice`, `path:2` is `alice`.
+    Path(NonZeroUsize),
+}
+
+/// What to do when no source yields a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Hash the client address (after `trusted_proxies` resolution).
+    Ip,
+    /// Answer 400 naming the sources the route expects.
+    Reject,
+}
+
+/// A principal's placement key. Deliberately holds no raw value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Principal(u64);
+
+impl Principal {
+    /// The principal whose raw value is `bytes`; what `tether owner KEY` computes.
+    pub fn from_bytes(bytes: &[u8]) -> Principal {
+        Principal(key_hash(bytes))
+    }
+
+    /// The `ip` fallback: the textual address, e.g. `203.0.113.7` or `2001:db8::1`
+    /// (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn from_ip(ip: IpAddr) -> Principal {
+        Principal::from_bytes(ip.to_canonical().to_string().as_bytes())
+    }
+
+    pub fn key(self) -> u64 {
+        self.0
+    }
+
+    /// Eight hex digits, safe to log: the top 32 bits of the key hash.
+    pub fn fingerprint(self) -> Fingerprint {
+        Fingerprint((self.0 >> 32) as u32)
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Principal({})", self.fingerprint())
+    }
+}
+
+/// See [`Principal::fingerprint`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(u32);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The first source of `sources` that yields a non-empty value, hashed.
+pub fn extract(sources: &[Source], uri: &Uri, headers: &HeaderMap) -> Option<Principal> {
+    sources.iter().find_map(|s| {
+        let raw = match s {
+            Source::Cookie(name) => cookie(headers, name),
+            Source::Header(name) => header(headers, name),
+            Source::Query(name) => query(uri, name),
+            Source::Path(n) => path_segment(uri.path(), n.get()),
+        }?;
+        (!raw.is_empty()).then(|| Principal::from_bytes(&raw))
+    })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, [u8]>> {
+    // HTTP/2 may split cookies over several headers (RFC 9113 §8.2.3); look in all.
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let (n, v) = (&pair[..eq], pair[eq + 1..].trim_ascii());
+            (n == name.as_bytes() && !v.is_empty()).then_some(Cow::Borrowed(v))
+        })
+    })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, [u8]>> {
+    headers
+        .get(name)
+        .map(|v| Cow::Borrowed(v.as_bytes().trim_ascii()))
+}
+
+fn query<'a>(uri: &'a Uri, name: &str) -> Option<Cow<'a, [u8]>> {
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| match v {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        })
+}
+
+/// Segments are counted from the first after the leading `/`; empty ones count too,
+/// so `//a` has `a` as segment 2 and an absent segment 1.
+pub fn path_segment(path: &str, n: usize) -> Option<Cow<'_, [u8]>> {
+    let seg = path.strip_prefix('/')?.split('/').nth(n - 1)?;
+    let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode_str(seg).into();
+    Some(decoded)
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Source, String> {
+        let usage = "a principal source is cookie:NAME, header:NAME, query:NAME or path:N";
+        let Some((kind, arg)) = s.split_once(':') else {
+            return Err(format!("`{s}`: {usage}"));
+        };
+        if arg.is_empty() {
+            return Err(format!("`{s}` names nothing: {usage}"));
+        }
+        match kind {
+            "cookie" => Ok(Source::Cookie(arg.to_owned())),
+            "query" => Ok(Source::Query(arg.to_owned())),
+            "header" => HeaderName::from_str(arg)
+                .map(Source::Header)
+                .map_err(|_| format!("`{arg}` is not a valid header name")),
+            "path" => arg
+                .parse::<NonZeroUsize>()
+                .map(Source::Path)
+                .map_err(|_| format!("`{s}`: path:N takes a segment number from 1, e.g. path:2")),
+            _ => Err(format!("`{s}`: {usage}")),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Cookie(n) => write!(f, "cookie:{n}"),
+            Source::Header(n) => write!(f, "header:{n}"),
+            Source::Query(n) => write!(f, "query:{n}"),
+            Source::Path(n) => write!(f, "path:{n}"),
+        }
+    }
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fallback::Ip => "ip",
+            Fallback::Reject => "reject",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn sources(s: &[&str]) -> Vec<Source> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn get(src: &[&str], uri: &str, headers: &[(&str, &str)]) -> Option<Principal> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                HeaderName::from_str(k).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        extract(&sources(src), &uri, &h)
+    }
+
+    fn p(s: &str) -> Option<Principal> {
+        Some(Principal::from_bytes(s.as_bytes()))
+    }
+
+    #[test]
+    fn each_source() {
+        let h = [
+            ("cookie", "a=1; JSESSIONID=abc; b=2"),
+            ("x-user-id", " u7 "),
+        ];
+        assert_eq!(get(&["cookie:JSESSIONID"], "/", &h), p("abc"));
+        assert_eq!(get(&["header:X-User-Id"], "/", &h), p("u7"));
+        assert_eq!(
+            get(&["query:userId"], "/x?a=1&userId=al%40ce+b", &[]),
+            p("al@ce b")
+        );
+        assert_eq!(get(&["path:2"], "/ws/al%40ce+b/x", &[]), p("al@ce+b"));
+    }
+
+    #[test]
+    fn first_non_empty_source_wins() {
+        let all = ["cookie:S", "header:X-U", "query:u", "path:3"];
+        let uri = "/stomp/123/sess/websocket?u=q";
+        assert_eq!(get(&all, uri, &[("cookie", "S=c"), ("x-u", "h")]), p("c"));
+        assert_eq!(get(&all, uri, &[("cookie", "S="), ("x-u", "h")]), p("h"));
+        assert_eq!(get(&all, uri, &[("x-u", "  ")]), p("q"));
+        assert_eq!(get(&all, "/stomp/123/sess/websocket?u=", &[]), p("sess"));
+        assert_eq!(get(&all, "/stomp", &[]), None);
+    }
+
+    #[test]
+    fn malformed_input_is_absent_not_an_error() {
+        let c = ["cookie:S"];
+        assert_eq!(get(&c, "/", &[("cookie", "S")]), None);
+        assert_eq!(get(&c, "/", &[("cookie", ";;;=;")]), None);
+        assert_eq!(get(&c, "/", &[("cookie", "s=lower")]), None);
+        assert_eq!(
+            get(&c, "/", &[("cookie", "x=1"), ("cookie", "S=2")]),
+            p("2")
+        );
+        assert_eq!(get(&["path:9"], "/a/b", &[]), None);
+        assert_eq!(get(&["path:1"], "//a", &[]), None);
+        assert_eq!(get(&["query:u"], "/?u", &[]), None);
+        // Invalid percent-encoding is kept literally rather than rejected.
+        assert_eq!(get(&["path:1"], "/%zz", &[]), p("%zz"));
+        // Non-UTF-8 bytes in a header are still a value.
+        let mut h = HeaderMap::new();
+        h.insert("x-u", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        let got = extract(&sources(&["header:x-u"]), &"/".parse().unwrap(), &h);
+        assert_eq!(got, Some(Principal::from_bytes(b"\xff\xfe")));
+    }
+
+    #[test]
+    fn parse_and_display_round_trip() {
+        for s in [
+            "cookie:JSESSIONID",
+            "header:x-user-id",
+            "query:userId",
+            "path:3",
+        ] {
+            assert_eq!(s.parse::<Source>().unwrap().to_string(), s);
+        }
+        for bad in [
+            "cookie",
+            "cookie:",
+            "path:0",
+            "path:x",
+            "header:bad name",
+            "body:x",
+        ] {
+            assert!(bad.parse::<Source>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_short_and_not_the_value() {
+        let f = Principal::from_bytes(b"secret-session-id")
+            .fingerprint()
+            .to_string();
+        assert_eq!(f.len(), 8);
+        assert!(!f.contains("secret"));
+        assert!(!format!("{:?}", Principal::from_bytes(b"secret")).contains("secret"));
+    }
+
+    #[test]
+    fn ip_fallback_hashes_the_text_form() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            Principal::from_ip(ip),
+            Principal::from_bytes(b"203.0.113.7")
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The one error type of the request path and the one function that decides what the
+//! client sees for it: client faults are 4xx, upstream failures 502.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use super::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this host and path")]
+    NoRoute,
+    #[error("the request has no Host header")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header is not a valid host")]
+    InvalidHost,
+    #[error("CONNECT is not supported: tether is a reverse proxy")]
+    Connect,
+    #[error("this route places requests by {expected}, and the request carries none of them")]
+    NoPrincipal { expected: String },
+    #[error("no backend of upstream `{upstream}` accepted a connection")]
+    NoBackend { upstream: Arc<str> },
+    #[error("backend `{backend}` failed: {source}")]
+    Upstream {
+        backend: Arc<str>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("backend `{backend}` answered 101 without `Upgrade: websocket`")]
+    BadUpgrade { backend: Arc<str> },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::InvalidHost
+            | ProxyError::NoPrincipal { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoBackend { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What the client receives: the status and a one-line plain-text reason. Client
+    /// faults close the connection, since the client is misbehaving.
+    pub fn response(&self) -> Response<Body> {
+        let status = self.status();
+        let body = format!("tether: {self}\n");
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status.is_client_error() && status != StatusCode::NOT_FOUND {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let io = || Box::new(std::io::Error::other("x"));
+        let cases = [
+            (ProxyError::NoRoute, 404),
+            (ProxyError::MissingHost, 400),
+            (ProxyError::DuplicateHost, 400),
+            (ProxyError::InvalidHost, 400),
+            (ProxyError::Connect, 405),
+            (
+                ProxyError::NoPrincipal {
+                    expected: "cookie:S".into(),
+                },
+                400,
+            ),
+            (
+                ProxyError::NoBackend {
+                    upstream: "u".into(),
+                },
+                502,
+            ),
+            (
+                ProxyError::Upstream {
+                    backend: "b".into(),
+                    source: io(),
+                },
+                502,
+            ),
+            (
+                ProxyError::BadUpgrade {
+                    backend: "b".into(),
+                },
+                502,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.response().status().as_u16(), code, "{e}");
+        }
+    }
+}

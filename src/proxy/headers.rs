@@ -1,0 +1,344 @@
+//! Forwarding rules for headers, as pure functions over `HeaderMap`.
+//!
+//! - Hop-by-hop headers are removed in both directions (RFC 9110 §7.6.1: "a proxy or
+//!   gateway MUST remove any received connection options before forwarding", i.e.
+//!   `Connection` and every header it names, plus `Proxy-Connection`, `Keep-Alive`,
+//!   `TE`, `Transfer-Encoding` and `Upgrade`). `Host` is never removed, whatever
+//!   `Connection` names.
+//! - `Host` is forwarded exactly as the client sent it, port included.
+//! - From an untrusted peer, incoming `X-Forwarded-*`, `X-Real-IP` and `Forwarded` are
+//!   discarded and replaced by what tether saw. From a peer in `trusted_proxies` the
+//!   `X-Forwarded-For` chain is extended with the peer, and `X-Forwarded-Proto/-Host/
+//!   -Port` are kept if present (the outer balancer knows the client-facing values).
+//! - `X-Forwarded-Port` is the port the client addressed: the `Host` port if it has
+//!   one, else the scheme's default. That is what apps rebuild URLs and check
+//!   `Origin` with; the local listener port may differ behind NAT.
+//! - The client address (for `X-Real-IP` and the `ip` principal) is the peer, or for a
+//!   trusted peer the right-most address in `X-Forwarded-For` that is not itself a
+//!   trusted proxy (nginx's `real_ip_recursive on`).
+
+use std::net::IpAddr;
+
+use hyper::header::{
+    CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// RFC 9110 §7.6.1. Removes `Connection`, every header it lists (except `Host`), and
+/// the fixed hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| *n != HOST)
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(CONNECTION);
+    }
+    for n in [PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(n);
+    }
+}
+
+/// True if any `Connection` header lists `token` (case-insensitive).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The client address: see the module doc. `trusted` is the listener's list.
+pub fn client_ip(peer: IpAddr, trusted: &[IpNet], headers: &HeaderMap) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    // Walk the chain right to left; every hop we pass must itself be trusted.
+    for entry in forwarded_for(headers).rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip, trusted) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// Every `X-Forwarded-For` entry in order, across repeated headers.
+fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    let entries: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    entries.into_iter()
+}
+
+/// What the forwarding headers describe.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// [`client_ip`]'s answer.
+    pub client: IpAddr,
+    /// The peer is in `trusted_proxies`.
+    pub trusted: bool,
+    /// `"http"` or `"https"`, as the client reached tether.
+    pub scheme: &'static str,
+    /// The `Host` the request carries (client-facing), if any.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`; see the module doc.
+/// Call after [`strip_hop_by_hop`].
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let peer = f.peer.to_canonical().to_string();
+    let xff = if f.trusted {
+        let chain: Vec<&str> = forwarded_for(headers).collect();
+        if chain.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", chain.join(", "))
+        }
+    } else {
+        for n in [
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_FORWARDED_PORT,
+            FORWARDED,
+        ] {
+            headers.remove(n);
+        }
+        peer
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&f.client.to_canonical().to_string()) {
+        headers.insert(X_REAL_IP, v);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.scheme));
+    }
+    if let Some(host) = f.host {
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        if !headers.contains_key(X_FORWARDED_PORT) {
+            let port = host_port(host).unwrap_or(if f.scheme == "https" { 443 } else { 80 });
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        }
+    }
+}
+
+/// The explicit port of a `Host` value (`a.com:8080`, `[::1]:8443`), if any.
+fn host_port(host: &HeaderValue) -> Option<u16> {
+    let s = host.to_str().ok()?;
+    let (_, port) = s.rsplit_once(':')?;
+    if s.starts_with('[') && !s.contains("]:") {
+        return None;
+    }
+    port.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+        h.get(k).map(|v| v.to_str().unwrap())
+    }
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed_but_never_host() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, host"),
+            ("connection", "upgrade"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("host", "a.com:8080"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-keep"]);
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let h = map(&[("connection", "keep-alive, Upgrade")]);
+        assert!(connection_has(&h, "upgrade"));
+        assert!(!connection_has(&h, "close"));
+    }
+
+    #[test]
+    fn untrusted_peer_gets_fresh_headers() {
+        let mut h = map(&[
+            ("host", "chat.example.com:8080"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let client = client_ip(peer, &[], &h);
+        assert_eq!(client, peer);
+        let host = h.get(HOST).cloned();
+        let f = Forwarding {
+            peer,
+            client,
+            trusted: false,
+            scheme: "http",
+            host: host.as_ref(),
+        };
+        set_forwarding(&mut h, &f);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
+        assert_eq!(get(&h, "x-real-ip"), Some("192.0.2.1"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("chat.example.com:8080"));
+        assert_eq!(get(&h, "x-forwarded-port"), Some("8080"));
+        assert_eq!(get(&h, "host"), Some("chat.example.com:8080"));
+        assert_eq!(get(&h, "forwarded"), None);
+    }
+
+    #[test]
+    fn trusted_peer_extends_the_chain_and_keeps_outer_values() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = map(&[
+            ("host", "chat.example.com"),
+            ("x-forwarded-for", "203.0.113.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+        ]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let client = client_ip(peer, &trusted, &h);
+        assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        let host = h.get(HOST).cloned();
+        let f = Forwarding {
+            peer,
+            client,
+            trusted: true,
+            scheme: "http",
+            host: host.as_ref(),
+        };
+        set_forwarding(&mut h, &f);
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("203.0.113.9, 10.1.1.1, 10.0.0.2")
+        );
+        assert_eq!(get(&h, "x-real-ip"), Some("203.0.113.9"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-forwarded-port"), Some("443"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("chat.example.com"));
+    }
+
+    #[test]
+    fn client_ip_stops_at_the_first_untrusted_or_garbage_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let spoofed = map(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9")]);
+        assert_eq!(
+            client_ip(peer, &trusted, &spoofed).to_string(),
+            "203.0.113.9"
+        );
+        let garbage = map(&[("x-forwarded-for", "1.1.1.1, nonsense")]);
+        assert_eq!(client_ip(peer, &trusted, &garbage), peer);
+        let all_trusted = map(&[("x-forwarded-for", "10.9.9.9")]);
+        assert_eq!(
+            client_ip(peer, &trusted, &all_trusted).to_string(),
+            "10.9.9.9"
+        );
+        // An untrusted peer's chain is ignored entirely.
+        let other: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(other, &trusted, &spoofed), other);
+    }
+
+    #[test]
+    fn forwarded_port_defaults_by_scheme() {
+        for (host, scheme, port) in [
+            ("a.com", "http", "80"),
+            ("a.com", "https", "443"),
+            ("[::1]:8443", "https", "8443"),
+            ("[::1]", "http", "80"),
+        ] {
+            let mut h = HeaderMap::new();
+            let v = HeaderValue::from_static(host);
+            let ip: IpAddr = "127.0.0.1".parse().unwrap();
+            let f = Forwarding {
+                peer: ip,
+                client: ip,
+                trusted: false,
+                scheme,
+                host: Some(&v),
+            };
+            set_forwarding(&mut h, &f);
+            assert_eq!(get(&h, "x-forwarded-port"), Some(port), "{host}");
+        }
+    }
+
+    #[test]
+    fn v4_mapped_peers_are_written_as_v4() {
+        let mut h = HeaderMap::new();
+        let peer: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let f = Forwarding {
+            peer,
+            client: peer,
+            trusted: false,
+            scheme: "http",
+            host: None,
+        };
+        set_forwarding(&mut h, &f);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
+        assert!(is_trusted(peer, &nets(&["192.0.2.0/24"])));
+    }
+}

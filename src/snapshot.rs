@@ -1,0 +1,114 @@
+//! The runtime snapshot: everything a request needs to know, immutable, behind one
+//! `ArcSwap`.
+//!
+//! A request calls [`Live::load`] once and uses that `Arc<Snapshot>` to the end, so it
+//! never sees half of two configurations. A new configuration is compiled into a
+//! complete new snapshot beside the current one and swapped in whole. State that must
+//! survive a swap (backend health) lives in the [`HealthTable`], keyed by backend id,
+//! and each snapshot holds `Arc`s into it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ListenerConfig};
+use crate::principal::{Fallback, Source};
+use crate::route::Router;
+use crate::upstream::Upstream;
+use crate::upstream::health::HealthTable;
+
+/// One compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Router<Route>,
+    pub upstreams: Vec<Upstream>,
+    pub drain_timeout: Duration,
+}
+
+/// What a matched route decides.
+#[derive(Debug)]
+pub struct Route {
+    /// `host/path` as configured, for logs.
+    pub label: Arc<str>,
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    pub principal: Vec<Source>,
+    pub fallback: Fallback,
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Snapshot {
+    /// Compiles `config`. Infallible: everything that can be wrong was rejected when
+    /// the `Config` was parsed.
+    pub fn build(config: &Config, health: &HealthTable) -> Snapshot {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let label = match &r.host {
+                    Some(h) => format!("{h}{}", r.path),
+                    None => r.path.clone(),
+                };
+                let route = Route {
+                    label: label.into(),
+                    upstream: r.upstream,
+                    principal: r.principal.clone(),
+                    fallback: r.fallback,
+                    idle_timeout: r.idle_timeout,
+                };
+                (r.host.clone(), r.path.clone(), route)
+            })
+            .collect();
+        Snapshot {
+            listeners: config.listeners.clone(),
+            routes: Router::new(routes),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| Upstream::build(u, health))
+                .collect(),
+            drain_timeout: config.drain_timeout,
+        }
+    }
+
+    /// The settings of the listener configured with `bind`.
+    pub fn listener(&self, bind: SocketAddr) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.bind == bind)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+/// The current snapshot plus the state that outlives it.
+#[derive(Debug)]
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    health: HealthTable,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Live {
+        let health = HealthTable::default();
+        let snapshot = Snapshot::build(config, &health);
+        Live {
+            current: ArcSwap::from_pointee(snapshot),
+            health,
+        }
+    }
+
+    /// The snapshot to use for one whole request or connection.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Compiles `config` beside the current snapshot, then swaps it in.
+    pub fn replace(&self, config: &Config) {
+        let next = Snapshot::build(config, &self.health);
+        self.current.store(Arc::new(next));
+    }
+}

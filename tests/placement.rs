@@ -1,0 +1,177 @@
+//! Stickiness end to end: every principal source pins WebSockets and plain HTTP to
+//! the same node, reconnect after reconnect, in agreement with the placement function
+//! (`tether owner`), and 3 nodes share 3,000 principals evenly.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use tether::principal::Principal;
+
+const ALL_SOURCES: &str =
+    r#"principal = ["cookie:JSESSIONID", "header:X-User-Id", "query:userId", "path:3"]"#;
+
+/// The node the placement function names for `key` in `proxy`'s upstream `app`.
+fn owner(proxy: &Proxy, key: &str) -> String {
+    let snap = proxy.live.load();
+    let up = snap.upstream("app").unwrap();
+    up.owner(Principal::from_bytes(key.as_bytes()).key())
+        .unwrap()
+        .id
+        .to_string()
+}
+
+#[tokio::test]
+async fn same_principal_same_node_over_many_reconnects_ws_and_http() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(&nodes, ALL_SOURCES, "")).await;
+    for user in ["alice", "bob", "carol", "dave"] {
+        let expected = owner(&proxy, user);
+        let path = format!("/ws?userId={user}");
+        for _ in 0..10 {
+            assert_eq!(ws_node(proxy.addr, &path, &[]).await, expected, "ws {user}");
+            assert_eq!(
+                http_node(proxy.addr, &path, &[]).await,
+                expected,
+                "http {user}"
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn each_source_pins_by_its_value() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(&nodes, ALL_SOURCES, "")).await;
+    // Find two keys with different owners, so a source that was ignored would show.
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    let k1 = &keys[0];
+    let k2 = keys
+        .iter()
+        .find(|k| owner(&proxy, k) != owner(&proxy, k1))
+        .unwrap();
+    for key in [k1, k2] {
+        let want = owner(&proxy, key);
+        let cookie = format!("other=1; JSESSIONID={key}");
+        let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
+            ("/ws".into(), vec![("cookie", cookie.as_str())]),
+            ("/ws".into(), vec![("x-user-id", key.as_str())]),
+            (format!("/ws?userId={key}"), vec![]),
+            (format!("/stomp/123/{key}/websocket"), vec![]),
+        ];
+        for (path, headers) in &cases {
+            assert_eq!(
+                ws_node(proxy.addr, path, headers).await,
+                want,
+                "ws {path} {headers:?}"
+            );
+            assert_eq!(
+                http_node(proxy.addr, path, headers).await,
+                want,
+                "http {path} {headers:?}"
+            );
+        }
+    }
+    // Source order: the cookie wins over the header when both are present.
+    let cookie = format!("JSESSIONID={k1}");
+    let both = [("cookie", cookie.as_str()), ("x-user-id", k2.as_str())];
+    assert_eq!(
+        http_node(proxy.addr, "/info", &both).await,
+        owner(&proxy, k1)
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sockjs_polling_and_websocket_of_one_session_meet() {
+    // SockJS: /{prefix}/{server}/{session}/{transport}; path:3 pins every transport.
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(&nodes, r#"principal = ["path:3"]"#, "")).await;
+    for session in ["s1x9", "q8d2", "zz01"] {
+        let want = owner(&proxy, session);
+        for transport in ["xhr", "xhr_send", "xhr_streaming", "eventsource"] {
+            let path = format!("/stomp/{}/{session}/{transport}", session.len());
+            assert_eq!(http_node(proxy.addr, &path, &[]).await, want);
+        }
+        let ws = format!("/stomp/7/{session}/websocket");
+        assert_eq!(ws_node(proxy.addr, &ws, &[]).await, want);
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn push_route_meets_the_socket_route_on_the_same_key() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let toml = format!(
+        "{}\n[[route]]\npath = \"/push\"\nupstream = \"app\"\nprincipal = [\"path:2\"]\n",
+        config(&nodes, r#"principal = ["path:2"]"#, "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        let socket_node = ws_node(proxy.addr, &format!("/ws/{user}"), &[]).await;
+        let push_node = http_node(proxy.addr, &format!("/push/{user}"), &[]).await;
+        assert_eq!(socket_node, push_node, "{user}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn fallback_ip_and_reject() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let ip = Proxy::start(&config(
+        &nodes,
+        "principal = [\"query:u\"]\nfallback = \"ip\"",
+        "",
+    ))
+    .await;
+    // Every test client is 127.0.0.1, so ip fallback puts them all on its owner.
+    let want = owner(&ip, "127.0.0.1");
+    for _ in 0..5 {
+        assert_eq!(http_node(ip.addr, "/info", &[]).await, want);
+        assert_eq!(ws_node(ip.addr, "/ws", &[]).await, want);
+    }
+    ip.stop().await;
+
+    let reject = Proxy::start(&config(
+        &nodes,
+        "principal = [\"query:u\", \"cookie:S\"]\nfallback = \"reject\"",
+        "",
+    ))
+    .await;
+    let (status, _, body) = http(reject.addr, get("t", "/", &[])).await;
+    assert_eq!(status, 400);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("query:u, cookie:S"), "{body}");
+    // The same route works once a source is present.
+    assert_eq!(
+        http_node(reject.addr, "/info?u=x", &[]).await,
+        owner(&reject, "x")
+    );
+    let raw = raw(reject.addr, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    reject.stop().await;
+}
+
+#[tokio::test]
+async fn three_nodes_share_3000_principals_evenly() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(&nodes, r#"principal = ["query:u"]"#, "")).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..3000 {
+        let key = format!("user-{i}");
+        let node = http_node(proxy.addr, &format!("/info?u={key}"), &[]).await;
+        assert_eq!(node, owner(&proxy, &key));
+        *counts.entry(node).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3);
+    for (node, n) in &counts {
+        let share = *n as f64 / 3000.0;
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.04,
+            "{node}: {share} ({counts:?})"
+        );
+    }
+    proxy.stop().await;
+}
