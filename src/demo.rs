@@ -10,7 +10,7 @@
 //! | `/status/NNN…` | status NNN (also refuses upgrades that way) |
 //! | `/bytes/N` | N bytes, streamed |
 //! | `/echo` | the request body, streamed back |
-//! | anything else | JSON: `node`, `method`, `path`, `headers` |
+//! | anything else | JSON: `node`, `connection` (a per-node serial number of the TCP connection), `method`, `path`, `headers` |
 //!
 //! The `principal` a node reports is what the app itself sees: the `user` query value,
 //! else the `demo_user` cookie, else `X-Real-IP`.
@@ -97,6 +97,7 @@ async fn accept(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let mut serial = 0u64;
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -106,11 +107,18 @@ async fn accept(
             () = stop.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let (name, stop2, tasks2, stop) = (name.clone(), stop.clone(), tasks.clone(), stop.clone());
+        serial += 1;
+        let conn = Conn {
+            name: name.clone(),
+            serial,
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+        };
+        let stop = stop.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let (name, stop, tasks) = (name.clone(), stop2.clone(), tasks2.clone());
-                async move { Ok::<_, Infallible>(handle(req, name, stop, tasks).await) }
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(handle(req, conn).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -123,12 +131,17 @@ async fn accept(
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
+/// What a request handler knows about its connection.
+#[derive(Clone)]
+struct Conn {
     name: Arc<str>,
+    serial: u64,
     stop: CancellationToken,
     tasks: TaskTracker,
-) -> Response<NodeBody> {
+}
+
+async fn handle(req: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
+    let name = conn.name.clone();
     let path = req.uri().path().to_owned();
     if let Some(code) = path.strip_prefix("/status/") {
         let code = code
@@ -138,7 +151,7 @@ async fn handle(
         return text(code.unwrap_or(StatusCode::BAD_REQUEST), format!("{name}\n"));
     }
     if let Some(key) = websocket_key(req.headers()) {
-        return upgrade(req, key, name, stop, tasks);
+        return upgrade(req, key, name, conn.stop, conn.tasks);
     }
     if path == "/" {
         let mut r = text(StatusCode::OK, page(&name));
@@ -157,6 +170,7 @@ async fn handle(
     }
     let info = json!({
         "node": &*name,
+        "connection": conn.serial,
         "method": req.method().as_str(),
         "path": req.uri().to_string(),
         "headers": headers_json(req.headers()),

@@ -47,8 +47,10 @@ pub(crate) async fn accept_loop(
     live: Arc<Live>,
     tasks: Shutdown,
 ) {
-    let local = listener.socket.local_addr().ok();
-    info!(bind = %listener.bind, local = ?local, "listening");
+    match listener.socket.local_addr() {
+        Ok(local) => info!(bind = %listener.bind, %local, "listening"),
+        Err(_) => info!(bind = %listener.bind, "listening"),
+    }
     let token = tasks.token().clone();
     loop {
         let accepted = tokio::select! {

@@ -5,9 +5,12 @@
 //! backend. The incoming body therefore sits in a shared slot; each attempt gets a
 //! [`RetryBody`] view, and the first view that is polled takes the body for good.
 //! After a failed attempt, [`RetryBody::untouched`] says whether a retry is still
-//! possible (nothing was read, so nothing went upstream).
+//! possible (nothing was read, so nothing went upstream), and
+//! [`RetryBody::client_failed`] whether the failure was the client's (a broken chunked
+//! encoding, a body cut short), which is a 400 rather than a 502.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -20,10 +23,16 @@ pub enum RetryBody {
     /// No body at all (most requests): nothing to share.
     Empty,
     Shared {
-        slot: Arc<Mutex<Option<Incoming>>>,
+        shared: Arc<Shared>,
         taken: Option<Incoming>,
         hint: SizeHint,
     },
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    slot: Mutex<Option<Incoming>>,
+    client_failed: AtomicBool,
 }
 
 /// The error when a second attempt polls a body the first already consumed. Cannot
@@ -39,7 +48,10 @@ impl RetryBody {
         }
         let hint = body.size_hint();
         RetryBody::Shared {
-            slot: Arc::new(Mutex::new(Some(body))),
+            shared: Arc::new(Shared {
+                slot: Mutex::new(Some(body)),
+                client_failed: AtomicBool::new(false),
+            }),
             taken: None,
             hint,
         }
@@ -49,8 +61,8 @@ impl RetryBody {
     pub fn again(&self) -> RetryBody {
         match self {
             RetryBody::Empty => RetryBody::Empty,
-            RetryBody::Shared { slot, hint, .. } => RetryBody::Shared {
-                slot: slot.clone(),
+            RetryBody::Shared { shared, hint, .. } => RetryBody::Shared {
+                shared: shared.clone(),
                 taken: None,
                 hint: *hint,
             },
@@ -61,9 +73,19 @@ impl RetryBody {
     pub fn untouched(&self) -> bool {
         match self {
             RetryBody::Empty => true,
-            RetryBody::Shared { slot, .. } => {
-                slot.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-            }
+            RetryBody::Shared { shared, .. } => shared
+                .slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some(),
+        }
+    }
+
+    /// True if reading the client's body failed.
+    pub fn client_failed(&self) -> bool {
+        match self {
+            RetryBody::Empty => false,
+            RetryBody::Shared { shared, .. } => shared.client_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -76,21 +98,24 @@ impl Body for RetryBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            RetryBody::Empty => Poll::Ready(None),
-            RetryBody::Shared { slot, taken, .. } => {
-                if taken.is_none() {
-                    let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    match body {
-                        Some(b) => *taken = Some(b),
-                        None => return Poll::Ready(Some(Err(BodyTaken.into()))),
-                    }
-                }
-                match taken {
-                    Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-                    None => Poll::Ready(None),
-                }
+        let RetryBody::Shared { shared, taken, .. } = self.get_mut() else {
+            return Poll::Ready(None);
+        };
+        if taken.is_none() {
+            match shared.slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(b) => *taken = Some(b),
+                None => return Poll::Ready(Some(Err(BodyTaken.into()))),
             }
+        }
+        let Some(body) = taken else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                shared.client_failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map_err(Into::into),
         }
     }
 

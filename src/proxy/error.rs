@@ -20,6 +20,8 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("the Host header is not a valid host")]
     InvalidHost,
+    #[error("the request body is malformed or was cut short: {0}")]
+    ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("CONNECT is not supported: tether is a reverse proxy")]
     Connect,
     #[error("this route places requests by {expected}, and the request carries none of them")]
@@ -43,6 +45,7 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
+            | ProxyError::ClientBody(_)
             | ProxyError::NoPrincipal { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. }
@@ -83,6 +86,7 @@ mod tests {
             (ProxyError::DuplicateHost, 400),
             (ProxyError::InvalidHost, 400),
             (ProxyError::Connect, 405),
+            (ProxyError::ClientBody(io()), 400),
             (
                 ProxyError::NoPrincipal {
                     expected: "cookie:S".into(),

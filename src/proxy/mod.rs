@@ -199,6 +199,7 @@ async fn http(
             Ok(resp) => break (b, resp),
             // Nothing went upstream: the next candidate gets the same request.
             Err(e) if e.is_connect() && body.untouched() => unreachable(upstream, b, &e),
+            Err(e) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
             Err(e) => return Err(failed(e.into())),
         }
     };

@@ -1,0 +1,125 @@
+//! The binary's subcommands: `check` (summary or file:line:col and exit 1), `owner`
+//! (the same placement the proxy uses, pinned to independently computed answers),
+//! `run` (serves, exits 0 on SIGTERM) and `demo` (three nodes behind tether).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn tether(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_example_and_summarises_it() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tether.toml");
+    let (code, out, err) = tether(&["check", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    for expect in [
+        "listeners:",
+        "127.0.0.1:8080",
+        "routes:",
+        "chat.example.com /push/ -> app",
+        "upstreams:",
+        "share  50.0%",
+        "c ",
+    ] {
+        assert!(out.contains(expect), "missing {expect:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_file_line_column_and_exits_1() {
+    let (_dir, path) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"nope\"\n",
+    );
+    let (code, out, err) = tether(&["check", "--config", &path]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        err.trim(),
+        format!("{path}:6:12: unknown upstream `nope`; defined: none")
+    );
+
+    let (code, _, err) = tether(&["check", "--config", "/nonexistent/tether.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("/nonexistent/tether.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn owner_prints_the_placement_answer() {
+    let (_dir, path) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nbackends = [{ addr = \"127.0.0.1:1\", name = \"a\" }, \
+         { addr = \"127.0.0.1:2\", name = \"b\" }, { addr = \"127.0.0.1:3\", name = \"c\" }]\n",
+    );
+    // Computed with the README formula by an independent implementation (Python).
+    for (key, want) in [
+        ("alice", "b"),
+        ("bob", "c"),
+        ("carol", "c"),
+        ("dave", "c"),
+        ("erin", "b"),
+    ] {
+        let (code, out, err) = tether(&["owner", "--config", &path, "--upstream", "app", key]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), want, "{key}");
+    }
+    let (code, _, err) = tether(&["owner", "--config", &path, "--upstream", "nope", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no upstream `nope`"), "{err}");
+}
+
+#[tokio::test]
+async fn run_serves_and_exits_0_on_sigterm() {
+    let nodes = nodes(&["a"]).await;
+    let (_dir, path) = write_config(&config(&nodes, "", ""));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    assert_eq!(http_node(addr, "/info", &[]).await, "a");
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
+}
+
+#[tokio::test]
+async fn demo_starts_three_nodes_behind_tether() {
+    let mut bin = Binary::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let line = bin.wait_for("Open http://");
+    let addr: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let (_s, greeting) = ws(addr, "/ws?user=alice", &[]).await;
+    assert_eq!(greeting["principal"], "alice");
+    let node = greeting["node"].as_str().unwrap().to_owned();
+    assert!(
+        ["node-a", "node-b", "node-c"].contains(&node.as_str()),
+        "{node}"
+    );
+    for _ in 0..5 {
+        assert_eq!(ws_node(addr, "/ws?user=alice", &[]).await, node);
+    }
+    let (status, _, page) = http(addr, get("localhost", "/", &[])).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("tether demo"));
+    bin.signal("INT");
+    assert!(bin.wait_exit().success());
+}

@@ -1,0 +1,175 @@
+//! Backend death without health checks: a stopped node's principals move to their
+//! next node while every other principal stays put; a refused or timed-out connect
+//! reroutes before anything is sent and puts the node in backoff, so one dead node
+//! costs one failed connect; nothing reachable is a 502.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use tether::principal::Principal;
+use tokio::net::{TcpSocket, TcpStream};
+
+fn order(proxy: &Proxy, key: &str) -> Vec<String> {
+    let snap = proxy.live.load();
+    let up = snap.upstream("app").unwrap();
+    up.table
+        .order(Principal::from_bytes(key.as_bytes()).key())
+        .into_iter()
+        .map(|i| up.backends[i].id.to_string())
+        .collect()
+}
+
+fn connect_failures(proxy: &Proxy, id: &str) -> u64 {
+    proxy
+        .live
+        .load()
+        .upstream("app")
+        .unwrap()
+        .backend(id)
+        .unwrap()
+        .health
+        .connect_failures()
+}
+
+#[tokio::test]
+async fn a_stopped_nodes_principals_move_to_their_next_node_and_no_one_else_moves() {
+    let mut nodes = nodes(&["a", "b", "c"]).await;
+    // A long backoff: after the first refusal nobody tries b again during the test.
+    let proxy = Proxy::start(&config(
+        &nodes,
+        r#"principal = ["query:u"]"#,
+        "connect_backoff = \"1h\"",
+    ))
+    .await;
+    let keys: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+    let mut before = HashMap::new();
+    for k in &keys {
+        before.insert(
+            k.clone(),
+            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+        );
+    }
+    let b = nodes.remove(1);
+    assert_eq!(b.name, "b");
+    b.stop().await;
+
+    let mut moved = 0;
+    for k in &keys {
+        let now = http_node(proxy.addr, &format!("/info?u={k}"), &[]).await;
+        let ws_now = ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await;
+        assert_eq!(now, ws_now, "{k}: HTTP and WebSocket disagree");
+        if before[k] == "b" {
+            let next = order(&proxy, k).into_iter().find(|n| n != "b").unwrap();
+            assert_eq!(now, next, "{k} did not move to its next node");
+            moved += 1;
+        } else {
+            assert_eq!(now, before[k], "{k} moved although its node is up");
+        }
+    }
+    assert!(moved > 50, "only {moved} keys were on b");
+    // One dead node costs one failed connect, not one per request.
+    assert_eq!(connect_failures(&proxy, "b"), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_connect_reroutes_and_backs_off_then_retries_after_the_backoff() {
+    let live = nodes(&["a", "b"]).await;
+    let dead = dead_addr().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{}\", name = \"b\" }}, {{ addr = \"{dead}\", name = \"dead\" }}]\n\
+         connect_backoff = \"300ms\"\n",
+        live[0].addr, live[1].addr
+    );
+    let proxy = Proxy::start(&toml).await;
+    let dead_keys: Vec<String> = (0..200)
+        .map(|i| format!("k{i}"))
+        .filter(|k| order(&proxy, k)[0] == "dead")
+        .take(10)
+        .collect();
+    assert_eq!(dead_keys.len(), 10);
+    for k in &dead_keys {
+        let next = order(&proxy, k)[1].clone();
+        assert_eq!(
+            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+            next
+        );
+        assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, next);
+    }
+    assert_eq!(connect_failures(&proxy, "dead"), 1);
+    // After the backoff the next request probes the node again (and fails over again).
+    eventually(|| async {
+        let k = &dead_keys[0];
+        assert_eq!(
+            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+            order(&proxy, k)[1]
+        );
+        (connect_failures(&proxy, "dead") >= 2).then_some(())
+    })
+    .await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_connect_that_times_out_reroutes() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a
+    // connect neither succeeds nor is refused — the hung-host case, on loopback.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let hung = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(hung)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let live = nodes(&["a"]).await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{hung}\", name = \"hung\" }}]\n\
+         connect_timeout = \"200ms\"\nconnect_backoff = \"1h\"\n",
+        live[0].addr
+    );
+    let proxy = Proxy::start(&toml).await;
+    let k = (0..100)
+        .map(|i| format!("k{i}"))
+        .find(|k| order(&proxy, k)[0] == "hung")
+        .unwrap();
+    assert_eq!(
+        http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+        "a"
+    );
+    assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, "a");
+    assert_eq!(connect_failures(&proxy, "hung"), 1);
+    drop(fillers);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_reachable_is_a_502_that_says_so() {
+    let (d1, d2) = (dead_addr().await, dead_addr().await);
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{d1}\", \"{d2}\"]\n"
+    );
+    let proxy = Proxy::start(&toml).await;
+    for _ in 0..3 {
+        let (status, _, body) = http(proxy.addr, get("t", "/", &[])).await;
+        assert_eq!(status, 502);
+        assert!(String::from_utf8_lossy(&body).contains("upstream `app`"));
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, upgrade_request("/ws").as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    }
+    proxy.stop().await;
+}
