@@ -164,11 +164,7 @@ async fn nothing_reachable_is_a_502_that_says_so() {
         let (status, _, body) = http(proxy.addr, get("t", "/", &[])).await;
         assert_eq!(status, 502);
         assert!(String::from_utf8_lossy(&body).contains("upstream `app`"));
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, upgrade_request("/ws").as_bytes())
-            .await
-            .unwrap();
-        let head = read_head(&mut s).await;
+        let (_s, head) = raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await;
         assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     }
     proxy.stop().await;

@@ -91,11 +91,7 @@ async fn bytes_sent_right_behind_the_handshake_are_forwarded() {
 async fn a_refused_upgrade_is_an_ordinary_response_on_a_live_connection() {
     let nodes = nodes(&["a"]).await;
     let proxy = Proxy::start(&config(&nodes, "", "")).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(upgrade_request("/status/403").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
+    let (mut s, head) = raw_head(proxy.addr, upgrade_request("/status/403").as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // The connection stays usable for ordinary requests.
     let len: usize = head
@@ -132,12 +128,7 @@ async fn a_client_close_handshake_ends_the_tunnel() {
 async fn a_backend_that_goes_away_ends_the_client_side() {
     let mut nodes = nodes(&["a"]).await;
     let proxy = Proxy::start(&config(&nodes, "", "")).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(upgrade_request("/ws").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
-    read_frame(&mut s).await.unwrap();
+    let mut s = raw_ws(proxy.addr, "/ws").await;
     nodes.pop().unwrap().stop().await;
     assert!(
         closes(&mut s).await,
@@ -150,12 +141,7 @@ async fn a_backend_that_goes_away_ends_the_client_side() {
 async fn a_client_half_close_still_delivers_the_backends_answer() {
     let nodes = nodes(&["a"]).await;
     let proxy = Proxy::start(&config(&nodes, "", "")).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(upgrade_request("/ws").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
-    read_frame(&mut s).await.unwrap();
+    let mut s = raw_ws(proxy.addr, "/ws").await;
     // Send a message and immediately finish our sending side.
     s.write_all(&client_frame(1, b"last words")).await.unwrap();
     s.shutdown().await.unwrap();
@@ -171,13 +157,7 @@ async fn an_idle_tunnel_is_closed_but_a_heartbeat_keeps_one_open() {
     let proxy = Proxy::start(&config(&nodes, "idle_timeout = \"1s\"", "")).await;
 
     let (mut beating, _) = ws(proxy.addr, "/ws", &[]).await;
-    let mut quiet = TcpStream::connect(proxy.addr).await.unwrap();
-    quiet
-        .write_all(upgrade_request("/ws").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut quiet).await.starts_with("HTTP/1.1 101"));
-    read_frame(&mut quiet).await.unwrap();
+    let mut quiet = raw_ws(proxy.addr, "/ws").await;
 
     // The heartbeat is the behaviour under test: one every 200 ms, 5x faster than the
     // timeout, for 2.5 timeouts.

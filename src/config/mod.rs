@@ -443,6 +443,8 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         assert_eq!(r.principal.len(), 4);
         assert_eq!(r.fallback, Fallback::Ip);
         assert_eq!(r.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        // The documented promise: a once-a-minute heartbeat is never idle-killed.
+        assert!(DEFAULT_IDLE_TIMEOUT >= Duration::from_secs(120));
         let b = &c.upstreams[r.upstream].backends;
         assert_eq!(b[0].id, "127.0.0.1:9001");
         assert_eq!((b[2].id.as_str(), b[2].weight), ("c", 2));

@@ -431,3 +431,21 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, String) {
     std::fs::write(&path, text).unwrap();
     (dir, path.to_string_lossy().into_owned())
 }
+
+/// Opens a raw connection, sends `bytes`, and returns it with the response head.
+pub async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+/// A WebSocket through `addr` to `path` on a raw TCP connection, past the 101 and the
+/// node's greeting, for byte-exact tests.
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
+    let (mut s, head) = raw_head(addr, upgrade_request(path).as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (op, _) = read_frame(&mut s).await.expect("no greeting");
+    assert_eq!(op, 1);
+    s
+}
