@@ -56,8 +56,23 @@ type NodeBody = Either<
 pub struct Node {
     pub name: String,
     pub addr: SocketAddr,
-    stop: CancellationToken,
+    life: Life,
     tasks: TaskTracker,
+}
+
+/// A node's two off switches: `freeze` makes it silent (no accepting, no answering)
+/// while keeping its sockets open; `stop` closes everything.
+#[derive(Debug, Clone, Default)]
+struct Life {
+    freeze: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl Life {
+    /// Waits out a freeze: returns when the node stops.
+    async fn frozen_until_stopped(&self) {
+        self.stop.cancelled().await;
+    }
 }
 
 impl Node {
@@ -70,14 +85,14 @@ impl Node {
     pub async fn start_on(name: &str, addr: SocketAddr) -> io::Result<Node> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
+        let life = Life::default();
         let tasks = TaskTracker::new();
         let name_arc: Arc<str> = name.into();
-        tasks.spawn(accept(listener, name_arc, stop.clone(), tasks.clone()));
+        tasks.spawn(accept(listener, name_arc, life.clone(), tasks.clone()));
         Ok(Node {
             name: name.to_owned(),
             addr,
-            stop,
+            life,
             tasks,
         })
     }
@@ -85,18 +100,21 @@ impl Node {
     /// Stops the node the way a crash would look from outside: the listening socket and
     /// every connection are closed, without WebSocket close frames.
     pub async fn stop(self) {
-        self.stop.cancel();
+        self.life.freeze.cancel();
+        self.life.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }
+
+    /// Makes the node silent the way a hung process or a partitioned host looks from
+    /// outside: new connections are refused and open ones get no answer and no close.
+    /// [`Node::stop`] ends it.
+    pub fn freeze(&self) {
+        self.life.freeze.cancel();
+    }
 }
 
-async fn accept(
-    listener: TcpListener,
-    name: Arc<str>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
+async fn accept(listener: TcpListener, name: Arc<str>, life: Life, tasks: TaskTracker) {
     let mut serial = 0u64;
     loop {
         let (stream, _) = tokio::select! {
@@ -104,17 +122,17 @@ async fn accept(
                 Ok(pair) => pair,
                 Err(e) => { debug!(error = %e, "demo node accept failed"); continue; }
             },
-            () = stop.cancelled() => return,
+            () = life.freeze.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
         serial += 1;
         let conn = Conn {
             name: name.clone(),
             serial,
-            stop: stop.clone(),
+            life: life.clone(),
             tasks: tasks.clone(),
         };
-        let stop = stop.clone();
+        let life = life.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let conn = conn.clone();
@@ -125,7 +143,7 @@ async fn accept(
                 .with_upgrades();
             tokio::select! {
                 _ = conn => {}
-                () = stop.cancelled() => {}
+                () = life.freeze.cancelled() => life.frozen_until_stopped().await,
             }
         });
     }
@@ -136,7 +154,7 @@ async fn accept(
 struct Conn {
     name: Arc<str>,
     serial: u64,
-    stop: CancellationToken,
+    life: Life,
     tasks: TaskTracker,
 }
 
@@ -151,7 +169,7 @@ async fn handle(req: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
         return text(code.unwrap_or(StatusCode::BAD_REQUEST), format!("{name}\n"));
     }
     if let Some(key) = websocket_key(req.headers()) {
-        return upgrade(req, key, name, conn.stop, conn.tasks);
+        return upgrade(req, key, name, conn.life, conn.tasks);
     }
     if path == "/" {
         let mut r = text(StatusCode::OK, page(&name));
@@ -215,7 +233,7 @@ fn upgrade(
     mut req: Request<Incoming>,
     key: HeaderValue,
     name: Arc<str>,
-    stop: CancellationToken,
+    life: Life,
     tasks: TaskTracker,
 ) -> Response<NodeBody> {
     let greeting = json!({
@@ -238,7 +256,7 @@ fn upgrade(
         loop {
             let msg = tokio::select! {
                 m = ws.next() => m,
-                () = stop.cancelled() => return,
+                () = life.freeze.cancelled() => return life.frozen_until_stopped().await,
             };
             match msg {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -393,7 +411,7 @@ mod tests {
         let nodes = vec![Node {
             name: "node-a".into(),
             addr: "127.0.0.1:1".parse().unwrap(),
-            stop: CancellationToken::new(),
+            life: Life::default(),
             tasks: TaskTracker::new(),
         }];
         let text = config("127.0.0.1:8080".parse().unwrap(), &nodes);

@@ -13,12 +13,16 @@
 //! - [`route`]: host + longest-prefix matching.
 //! - [`principal`]: principal sources, extraction, fingerprints.
 //! - [`balance`]: the placement function (weighted rendezvous hashing).
-//! - [`upstream`]: backends as a snapshot sees them; `health` holds what outlives a reload.
+//! - [`upstream`]: backends as a snapshot sees them and the eligibility walk; `health`
+//!   is the pure up/down counter and the state that outlives a reload.
+//! - [`registry`]: every live tunnel by backend and principal, with close handles.
 //!
 //! Edges:
 //! - [`listener`]: accept loops, the HTTP/1.1 server side.
 //! - [`proxy`]: the request path, forwarding headers, WebSocket tunnels, error responses.
 //! - [`shutdown`]: the drain signal and task accounting.
+//! - [`probe`]: active health probes, one task per backend.
+//! - [`rebalance`]: closing a dead backend's tunnels; draining misplaced tunnels back.
 //! - [`demo`]: the demo app nodes of `tether demo` (also the tests' tagged backends).
 //!
 //! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners and
@@ -31,7 +35,10 @@ pub mod config;
 pub mod demo;
 pub mod listener;
 pub mod principal;
+pub mod probe;
 pub mod proxy;
+pub mod rebalance;
+pub mod registry;
 pub mod route;
 pub mod shutdown;
 pub mod snapshot;
@@ -48,8 +55,9 @@ use proxy::Proxy;
 use shutdown::Shutdown;
 
 /// Serves `listeners` with the configuration in `live` until `shutdown` resolves, then
-/// stops accepting, lets in-flight requests finish and closes tunnels, waiting at most
-/// the configured `drain_timeout`.
+/// stops accepting, lets in-flight requests finish and closes tunnels (Close 1001),
+/// waiting at most the configured `drain_timeout`. Health probes and the rebalancer
+/// run alongside.
 pub async fn run(listeners: Vec<Listener>, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
     let tasks = Shutdown::new();
     let proxy = Arc::new(Proxy::new(live.clone(), tasks.clone()));
@@ -61,8 +69,13 @@ pub async fn run(listeners: Vec<Listener>, live: Arc<Live>, shutdown: impl Futur
             tasks.clone(),
         ));
     }
+    let background = tasks.token().child_token();
+    tokio::spawn(probe::supervise(live.clone(), background.clone()));
+    tokio::spawn(rebalance::run(live.clone(), background.clone()));
     shutdown.await;
-    info!(running = tasks.running(), "shutting down");
+    background.cancel();
+    let tunnels = live.registry.close_all(registry::CloseReason::Shutdown);
+    info!(running = tasks.running(), tunnels, "shutting down");
     let left = tasks.drain(live.load().drain_timeout).await;
     if left > 0 {
         warn!(left, "drain timeout reached; closing what is left");

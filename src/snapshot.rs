@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, ListenerConfig};
 use crate::principal::{Fallback, Source};
+use crate::registry::Registry;
 use crate::route::Router;
 use crate::upstream::Upstream;
 use crate::upstream::health::HealthTable;
@@ -84,11 +86,17 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot plus the state that outlives it.
+/// The current snapshot plus the state that outlives it: backend health, the live
+/// tunnels, and the signals the background tasks (probes, rebalancer) wait on.
 #[derive(Debug)]
 pub struct Live {
     current: ArcSwap<Snapshot>,
     health: HealthTable,
+    pub registry: Arc<Registry>,
+    /// Bumped on every swap; the probe supervisor follows it.
+    generation: watch::Sender<u64>,
+    /// Poked when placement may have changed in a way that misplaces tunnels.
+    rebalance: Notify,
 }
 
 impl Live {
@@ -98,7 +106,26 @@ impl Live {
         Live {
             current: ArcSwap::from_pointee(snapshot),
             health,
+            registry: Arc::new(Registry::default()),
+            generation: watch::Sender::new(0),
+            rebalance: Notify::new(),
         }
+    }
+
+    /// A receiver that sees every swap.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Asks the rebalancer to look for misplaced tunnels.
+    pub fn poke_rebalancer(&self) {
+        self.rebalance.notify_one();
+    }
+
+    /// Resolves when [`Live::poke_rebalancer`] was called (a poke made while nobody
+    /// waited is kept).
+    pub async fn rebalance_wanted(&self) {
+        self.rebalance.notified().await;
     }
 
     /// The snapshot to use for one whole request or connection.
@@ -110,5 +137,7 @@ impl Live {
     pub fn replace(&self, config: &Config) {
         let next = Snapshot::build(config, &self.health);
         self.current.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+        self.poke_rebalancer();
     }
 }

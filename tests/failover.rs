@@ -1,6 +1,6 @@
 //! Backend death without health checks: a stopped node's principals move to their
 //! next node while every other principal stays put; a refused or timed-out connect
-//! reroutes before anything is sent and puts the node in backoff, so one dead node
+//! reroutes before anything is sent and takes the node down (passive health), so one dead node
 //! costs one failed connect; nothing reachable is a 502.
 
 mod common;
@@ -37,11 +37,12 @@ fn connect_failures(proxy: &Proxy, id: &str) -> u64 {
 #[tokio::test]
 async fn a_stopped_nodes_principals_move_to_their_next_node_and_no_one_else_moves() {
     let mut nodes = nodes(&["a", "b", "c"]).await;
-    // A long backoff: after the first refusal nobody tries b again during the test.
+    // Probes so slow they never run here: the first refusal on live traffic is what
+    // takes b down, and then nobody tries it again.
     let proxy = Proxy::start(&config(
         &nodes,
         r#"principal = ["query:u"]"#,
-        "connect_backoff = \"1h\"",
+        "[upstream.app.health]\ninterval = \"1h\"",
     ))
     .await;
     let keys: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
@@ -76,13 +77,13 @@ async fn a_stopped_nodes_principals_move_to_their_next_node_and_no_one_else_move
 }
 
 #[tokio::test]
-async fn a_refused_connect_reroutes_and_backs_off_then_retries_after_the_backoff() {
+async fn a_refused_connect_reroutes_and_marks_the_node_down_until_probes_bring_it_back() {
     let live = nodes(&["a", "b"]).await;
     let dead = dead_addr().await;
     let toml = format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
          [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{}\", name = \"b\" }}, {{ addr = \"{dead}\", name = \"dead\" }}]\n\
-         connect_backoff = \"300ms\"\n",
+         [upstream.app.health]\ninterval = \"100ms\"\nrise = 2\n",
         live[0].addr, live[1].addr
     );
     let proxy = Proxy::start(&toml).await;
@@ -100,17 +101,34 @@ async fn a_refused_connect_reroutes_and_backs_off_then_retries_after_the_backoff
         );
         assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, next);
     }
-    assert_eq!(connect_failures(&proxy, "dead"), 1);
-    // After the backoff the next request probes the node again (and fails over again).
+    // At most one request paid a failed connect (the probes may have been first).
+    assert!(connect_failures(&proxy, "dead") <= 1);
+    assert!(
+        !proxy
+            .live
+            .load()
+            .upstream("app")
+            .unwrap()
+            .backend("dead")
+            .unwrap()
+            .health
+            .is_up()
+    );
+
+    // The node comes back on its address: probes bring it up and its keys return.
+    let revived = tether::demo::Node::start_on("dead", dead).await.unwrap();
     eventually(|| async {
         let k = &dead_keys[0];
-        assert_eq!(
-            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
-            order(&proxy, k)[1]
-        );
-        (connect_failures(&proxy, "dead") >= 2).then_some(())
+        (http_node(proxy.addr, &format!("/info?u={k}"), &[]).await == "dead").then_some(())
     })
     .await;
+    for k in &dead_keys {
+        assert_eq!(
+            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+            "dead"
+        );
+    }
+    revived.stop().await;
     proxy.stop().await;
 }
 
@@ -134,7 +152,7 @@ async fn a_connect_that_times_out_reroutes() {
     let toml = format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
          [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{hung}\", name = \"hung\" }}]\n\
-         connect_timeout = \"200ms\"\nconnect_backoff = \"1h\"\n",
+         connect_timeout = \"200ms\"\n[upstream.app.health]\ninterval = \"1h\"\n",
         live[0].addr
     );
     let proxy = Proxy::start(&toml).await;

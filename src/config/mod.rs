@@ -10,10 +10,11 @@
 
 mod raw;
 mod summary;
+mod upstream;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -21,11 +22,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use crate::balance::Table;
 use crate::principal::{Fallback, Source};
 use crate::route::HostPattern;
-use raw::{RawConfig, RawListener, RawRoute, RawUpstream};
+use raw::{RawConfig, RawListener, RawRoute};
 pub use summary::{human, summary};
+use upstream::build_upstream;
+pub use upstream::{BackendConfig, HealthConfig, Probe, Rebalance, UpstreamConfig};
 
 /// Default for `route.idle_timeout`: a tunnel with no byte in either direction for
 /// this long is closed. Far above any heartbeat interval (STOMP 10 s, Socket.IO 25 s,
@@ -33,14 +35,7 @@ pub use summary::{human, summary};
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
-/// Below the shortest common backend keep-alive (Node.js: 5 s), so tether closes an
-/// idle pooled connection before the backend does and never sends a request into a
-/// connection the backend is closing.
-const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_WEIGHT: i64 = 1000;
 
 /// The validated configuration. Built only by [`Config::parse`] / [`Config::load`].
 #[derive(Debug, Clone)]
@@ -75,33 +70,6 @@ pub struct RouteConfig {
     pub fallback: Fallback,
     /// `None`: tunnels on this route never time out for idleness.
     pub idle_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub name: String,
-    pub backends: Vec<BackendConfig>,
-    pub connect_timeout: Duration,
-    /// After a failed connect the backend is skipped this long (then tried again).
-    pub connect_backoff: Duration,
-    /// Idle pooled keep-alive connections to a backend are closed after this long.
-    pub keepalive_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendConfig {
-    /// `name` if given, else the address exactly as written. Placement hashes this.
-    pub id: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-}
-
-impl UpstreamConfig {
-    /// The placement table of this upstream: the one function both the proxy and
-    /// `tether owner` use.
-    pub fn table(&self) -> Table {
-        Table::new(self.backends.iter().map(|b| (b.id.as_str(), b.weight)))
-    }
 }
 
 /// A configuration error, printed as `file:line:col: message`.
@@ -155,12 +123,12 @@ impl Config {
 }
 
 /// A semantic error at a span of the source, before it is turned into line:column.
-struct Invalid {
+pub(crate) struct Invalid {
     span: Range<usize>,
     message: String,
 }
 
-fn invalid<T>(span: Range<usize>, message: impl fmt::Display) -> Result<T, Invalid> {
+pub(crate) fn invalid<T>(span: Range<usize>, message: impl fmt::Display) -> Result<T, Invalid> {
     Err(Invalid {
         span,
         message: message.to_string(),
@@ -255,64 +223,6 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
     })
 }
 
-fn build_upstream(name: Spanned<String>, u: RawUpstream) -> Result<UpstreamConfig, Invalid> {
-    if name.get_ref().is_empty() {
-        return invalid(name.span(), "an upstream name cannot be empty");
-    }
-    if u.backends.get_ref().is_empty() {
-        return invalid(u.backends.span(), "an upstream needs at least one backend");
-    }
-    let mut backends = Vec::with_capacity(u.backends.get_ref().len());
-    let mut ids = HashSet::new();
-    for b in u.backends.into_inner() {
-        let span = b.span();
-        let b = b.into_inner();
-        let addr = match resolve(&b.addr) {
-            Ok(a) => a,
-            Err(why) => return invalid(span, format!("backend `{}`: {why}", b.addr)),
-        };
-        let weight = match b.weight {
-            None => 1,
-            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
-            Some(_) => return invalid(span, format!("`weight` must be 1..={MAX_WEIGHT}")),
-        };
-        let id = b.name.unwrap_or(b.addr);
-        if id.is_empty() {
-            return invalid(span, "a backend `name` cannot be empty");
-        }
-        if !ids.insert(id.clone()) {
-            return invalid(
-                span,
-                format!("backend id `{id}` is used twice in this upstream; give one a `name`"),
-            );
-        }
-        backends.push(BackendConfig { id, addr, weight });
-    }
-    Ok(UpstreamConfig {
-        name: name.into_inner(),
-        backends,
-        connect_timeout: duration_or(u.connect_timeout, DEFAULT_CONNECT_TIMEOUT)?,
-        connect_backoff: duration_or(u.connect_backoff, DEFAULT_CONNECT_BACKOFF)?,
-        keepalive_timeout: duration_or(u.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT)?,
-    })
-}
-
-/// `host:port` with an IP literal, or a name resolved once now (as nginx does).
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !addr.contains(':') {
-        return Err("needs a port, e.g. \"10.0.0.5:8080\"".into());
-    }
-    match addr.to_socket_addrs() {
-        Ok(mut found) => found
-            .next()
-            .ok_or_else(|| "the name resolves to no address".into()),
-        Err(e) => Err(format!("cannot resolve: {e}")),
-    }
-}
-
 fn build_route(r: RawRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
     if !r.path.get_ref().starts_with('/') {
         return invalid(
@@ -375,11 +285,14 @@ fn build_route(r: RawRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig,
     })
 }
 
-fn duration_or(v: Option<Spanned<String>>, default: Duration) -> Result<Duration, Invalid> {
+pub(crate) fn duration_or(
+    v: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
     v.as_ref().map_or(Ok(default), duration)
 }
 
-fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
+pub(crate) fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
     match parse_duration(v.get_ref()) {
         Some(d) if !d.is_zero() => Ok(d),
         _ => invalid(

@@ -51,8 +51,28 @@ pub struct RawRoute {
 pub struct RawUpstream {
     pub backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub connect_timeout: Option<Spanned<String>>,
-    pub connect_backoff: Option<Spanned<String>>,
+    pub upgrade_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
     pub keepalive_timeout: Option<Spanned<String>>,
+    pub rebalance: Option<Spanned<String>>,
+    pub rebalance_hold: Option<Spanned<String>>,
+    pub rebalance_rate: Option<Spanned<i64>>,
+    pub balance_factor: Option<Spanned<f64>>,
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub start: Option<Spanned<String>>,
+    pub passive_fails: Option<Spanned<i64>>,
+    pub passive_window: Option<Spanned<String>>,
 }
 
 /// A backend is either `"host:port"` or `{ addr = "host:port", name = "a", weight = 2 }`.

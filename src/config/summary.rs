@@ -39,12 +39,37 @@ pub fn summary(c: &Config) -> String {
     for u in &c.upstreams {
         let _ = writeln!(
             s,
-            "  {}  connect timeout {}, backoff {}, keep-alive {}",
+            "  {}  timeouts: connect {}, upgrade {}, response {}, keep-alive {}",
             u.name,
             human(u.connect_timeout),
-            human(u.connect_backoff),
+            human(u.upgrade_timeout),
+            human(u.response_timeout),
             human(u.keepalive_timeout)
         );
+        let h = &u.health;
+        let probe = match &h.probe {
+            super::Probe::Tcp => "TCP connect".to_owned(),
+            super::Probe::Http { path, .. } => format!("GET {path}"),
+        };
+        let t = &h.thresholds;
+        let _ = writeln!(
+            s,
+            "    health: {probe} every {}, timeout {}, rise {}, fall {}, down after {} live failure(s) in {}",
+            human(h.interval),
+            human(h.timeout),
+            t.rise,
+            t.fall,
+            t.passive_fails,
+            human(t.passive_window)
+        );
+        let rebalance = match u.rebalance {
+            Some(r) => format!("drain after {} at {}/s", human(r.hold), r.rate),
+            None => "off".to_owned(),
+        };
+        let load = u
+            .balance_factor
+            .map_or("off".to_owned(), |c| format!("c = {c}"));
+        let _ = writeln!(s, "    rebalance: {rebalance}; bounded load: {load}");
         for (b, share) in u.backends.iter().zip(u.table().shares()) {
             let _ = writeln!(
                 s,

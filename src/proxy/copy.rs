@@ -1,4 +1,5 @@
-//! The tunnel's byte pump: copies both directions of an upgraded connection.
+//! The tunnel's byte pump: copies both directions of an upgraded connection, and closes
+//! them with WebSocket Close frames when tether ends a tunnel.
 //!
 //! Memory is the point. Tens of thousands of mostly idle WebSockets must cost almost
 //! nothing, so an idle tunnel owns no copy buffer at all: reads go into one scratch
@@ -8,21 +9,28 @@
 //! and that buffer is freed as soon as it drains.
 //!
 //! Each direction progresses on its own (a slow reader on one side never stops the
-//! other direction), and end-of-stream is propagated as a half-close: when one side
-//! finishes sending, the other side's write half is shut down and the opposite
-//! direction keeps flowing until it finishes too.
+//! other direction), and end-of-stream is propagated as a half-close. Each direction
+//! tracks WebSocket frame boundaries ([`FrameTracker`]), so tether only ever adds a
+//! Close frame between frames. When the backend's stream ends without a Close frame
+//! (a crashed node), the client is sent Close 1012 before the end of stream, so it
+//! reconnects at once and knows why.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::frames::{FrameTracker, close_frame};
 
 /// Big enough that a 16 KiB WebSocket message moves in one read.
 const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// The close code for a backend stream that ends without a Close frame.
+const BACKEND_VANISHED: u16 = 1012;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
@@ -35,9 +43,18 @@ pub enum Side {
     Backend,
 }
 
+/// An I/O error and the side whose socket failed.
+#[derive(Debug)]
+pub struct Failed {
+    pub side: Side,
+    pub error: io::Error,
+}
+
 /// One direction's state. Empty `pending` means nothing is buffered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Flow {
+    /// The side this direction reads from.
+    from: Side,
     pending: Vec<u8>,
     pos: usize,
     unflushed: bool,
@@ -46,14 +63,35 @@ struct Flow {
     /// EOF has been passed on as a shutdown of the destination's write half.
     done: bool,
     bytes: u64,
+    frames: FrameTracker,
 }
 
 impl Flow {
-    fn with_prefix(prefix: Bytes) -> Flow {
+    fn new(from: Side, prefix: Bytes) -> Flow {
+        let mut frames = FrameTracker::default();
+        frames.feed(&prefix);
         Flow {
+            from,
             pending: prefix.to_vec(),
-            ..Flow::default()
+            pos: 0,
+            unflushed: false,
+            eof: false,
+            done: false,
+            bytes: 0,
+            frames,
         }
+    }
+
+    fn to(&self) -> Side {
+        match self.from {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    /// Nothing buffered and the stream sits between frames: a Close frame can go now.
+    fn between_frames(&self) -> bool {
+        self.pos >= self.pending.len() && self.frames.at_boundary()
     }
 }
 
@@ -79,15 +117,15 @@ where
         Pump {
             client,
             backend,
-            up: Flow::with_prefix(client_prefix),
-            down: Flow::with_prefix(backend_prefix),
+            up: Flow::new(Side::Client, client_prefix),
+            down: Flow::new(Side::Backend, backend_prefix),
             last_activity: Instant::now(),
             first_eof: None,
         }
     }
 
     /// Ready when both directions have finished, or at the first I/O error.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
         let up = flow(
             cx,
             &mut self.client,
@@ -135,6 +173,68 @@ where
     pub fn totals(&self) -> (u64, u64) {
         (self.up.bytes, self.down.bytes)
     }
+
+    /// Ends the tunnel from tether's side: sends what is already buffered, then a
+    /// Close frame with `to_client` / `to_backend` to each side that is between frames
+    /// (else that side just gets end of stream), then waits up to `linger` for the
+    /// peers to close so the Close frames are read rather than lost to a reset.
+    pub async fn close(
+        &mut self,
+        to_client: Option<u16>,
+        to_backend: Option<u16>,
+        linger: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + linger;
+        let _ = tokio::time::timeout_at(deadline, async {
+            // Buffered bytes first, so the Close frame lands after complete frames.
+            let _ = flush_pending(&mut self.backend, &mut self.up).await;
+            let _ = flush_pending(&mut self.client, &mut self.down).await;
+            if let Some(code) = to_client.filter(|_| self.down.between_frames() && !self.down.done)
+            {
+                let _ = self
+                    .client
+                    .write_all(&close_frame(code, reason(code), None))
+                    .await;
+            }
+            if let Some(code) = to_backend.filter(|_| self.up.between_frames() && !self.up.done) {
+                let mask = (crate::upstream::health::now_ms() as u32 | 1).to_be_bytes();
+                let _ = self
+                    .backend
+                    .write_all(&close_frame(code, reason(code), Some(mask)))
+                    .await;
+            }
+            let _ = tokio::join!(self.client.shutdown(), self.backend.shutdown());
+            // Read and discard until both peers close (or the deadline).
+            let mut sink = [0u8; 512];
+            let mut sink2 = [0u8; 512];
+            let client =
+                async { while matches!(self.client.read(&mut sink).await, Ok(n) if n > 0) {} };
+            // A backend that was not sent a Close (it is down) is not waited for.
+            let backend = async {
+                if to_backend.is_some() {
+                    while matches!(self.backend.read(&mut sink2).await, Ok(n) if n > 0) {}
+                }
+            };
+            tokio::join!(client, backend);
+        })
+        .await;
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        1012 => "tether: service restart",
+        _ => "tether: going away",
+    }
+}
+
+async fn flush_pending<W: AsyncWrite + Unpin>(to: &mut W, f: &mut Flow) -> io::Result<()> {
+    if f.pos < f.pending.len() {
+        to.write_all(&f.pending[f.pos..]).await?;
+        f.pos = f.pending.len();
+        to.flush().await?;
+    }
+    Ok(())
 }
 
 /// Moves bytes `from` → `to` until `from` would block (Pending) or has finished and the
@@ -145,7 +245,7 @@ fn flow<R, W>(
     to: &mut W,
     f: &mut Flow,
     activity: &mut Instant,
-) -> Poll<io::Result<()>>
+) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -153,11 +253,17 @@ where
     if f.done {
         return Poll::Ready(Ok(()));
     }
+    let to_side = f.to();
+    let fail_to = |error| Failed {
+        side: to_side,
+        error,
+    };
     loop {
         while f.pos < f.pending.len() {
-            let n = ready!(Pin::new(&mut *to).poll_write(cx, &f.pending[f.pos..]))?;
+            let n =
+                ready!(Pin::new(&mut *to).poll_write(cx, &f.pending[f.pos..])).map_err(fail_to)?;
             if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(fail_to(io::ErrorKind::WriteZero.into())));
             }
             f.pos += n;
         }
@@ -167,11 +273,11 @@ where
             f.pos = 0;
         }
         if f.unflushed {
-            ready!(Pin::new(&mut *to).poll_flush(cx))?;
+            ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(fail_to)?;
             f.unflushed = false;
         }
         if f.eof {
-            ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+            ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(fail_to)?;
             f.done = true;
             return Poll::Ready(Ok(()));
         }
@@ -187,27 +293,46 @@ fn read_and_forward<R, W>(
     to: &mut W,
     f: &mut Flow,
     activity: &mut Instant,
-) -> Poll<io::Result<()>>
+) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     SCRATCH.with_borrow_mut(|buf| {
         let mut rb = ReadBuf::new(buf);
-        ready!(Pin::new(&mut *from).poll_read(cx, &mut rb))?;
+        ready!(Pin::new(&mut *from).poll_read(cx, &mut rb)).map_err(|error| Failed {
+            side: f.from,
+            error,
+        })?;
         let n = rb.filled().len();
         if n == 0 {
             f.eof = true;
+            if f.from == Side::Backend && f.frames.at_boundary() && !f.frames.saw_close() {
+                // The backend vanished without closing the WebSocket: tell the client.
+                f.pending = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None);
+                f.pos = 0;
+            }
             return Poll::Ready(Ok(()));
         }
+        f.frames.feed(&buf[..n]);
         f.bytes += n as u64;
         *activity = Instant::now();
         let mut off = 0;
         while off < n {
             match Pin::new(&mut *to).poll_write(cx, &buf[off..n]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Failed {
+                        side: f.to(),
+                        error: io::ErrorKind::WriteZero.into(),
+                    }));
+                }
                 Poll::Ready(Ok(w)) => off += w,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(Failed {
+                        side: f.to(),
+                        error,
+                    }));
+                }
                 Poll::Pending => {
                     f.pending = buf[off..n].to_vec();
                     break;
@@ -223,7 +348,7 @@ where
 mod tests {
     use super::*;
     use std::future::poll_fn;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::duplex;
 
     #[tokio::test]
     async fn copies_both_ways_with_prefixes_and_half_close() {
@@ -257,7 +382,10 @@ mod tests {
         // The client half-closed; the backend can still answer, then close.
         backend_peer.write_all(b"bye").await.unwrap();
         drop(backend_peer);
-        assert_eq!(writer.await.unwrap(), b"hibye");
+        let back = writer.await.unwrap();
+        // "hi" and "bye" are not WebSocket frames, so the tracker is mid-frame at the
+        // backend's end of stream and no Close frame is added.
+        assert_eq!(back, b"hibye");
         let ((up, down), first) = task.await.unwrap();
         assert_eq!((up, down), (100_000, 3));
         assert_eq!(first, Some(Side::Client));
@@ -275,5 +403,79 @@ mod tests {
         assert_eq!(&buf, b"ping");
         assert_eq!(pump.up.pending.capacity(), 0);
         assert_eq!(pump.down.pending.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_vanishes_between_frames_leaves_a_1012() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let task =
+            tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
+        backend_peer
+            .write_all(&[0x81, 2, b'h', b'i'])
+            .await
+            .unwrap();
+        drop(backend_peer);
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..4], &[0x81, 2, b'h', b'i']);
+        assert_eq!(&got[4..8], &[0x88, (got.len() - 6) as u8, 0x03, 0xf4]);
+        drop(client_peer);
+        let _ = task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_vanishes_mid_frame_is_not_patched_up() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let task =
+            tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
+        backend_peer
+            .write_all(&[0x81, 5, b'h', b'i'])
+            .await
+            .unwrap();
+        drop(backend_peer);
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [0x81, 5, b'h', b'i']);
+        drop(client_peer);
+        let _ = task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_sends_close_frames_between_frames_only() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        // A complete frame from the backend, half a frame from the client.
+        backend_peer.write_all(&[0x81, 1, b'x']).await.unwrap();
+        client_peer
+            .write_all(&[0x81, 0x85, 1, 2, 3, 4, 0])
+            .await
+            .unwrap();
+        let (mut a, mut b) = ([0u8; 3], [0u8; 7]);
+        tokio::select! {
+            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
+            r = async { tokio::try_join!(client_peer.read_exact(&mut a), backend_peer.read_exact(&mut b)) } => {
+                r.unwrap();
+            }
+        }
+        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
+        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
+            .await;
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(
+            &to_client[..4],
+            &[0x88, (to_client.len() - 2) as u8, 0x03, 0xe9]
+        );
+        let mut to_backend = Vec::new();
+        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        assert!(
+            to_backend.is_empty(),
+            "a Close frame was injected mid-frame: {to_backend:?}"
+        );
     }
 }

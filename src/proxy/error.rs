@@ -34,6 +34,8 @@ pub enum ProxyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("backend `{backend}` did not answer in time")]
+    Timeout { backend: Arc<str> },
     #[error("backend `{backend}` answered 101 without `Upgrade: websocket`")]
     BadUpgrade { backend: Arc<str> },
 }
@@ -51,6 +53,7 @@ impl ProxyError {
             ProxyError::NoBackend { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

@@ -10,13 +10,16 @@
 //! ```
 //!
 //! "First reachable candidate": the upstream's candidates for the principal, in
-//! placement order; a backend that refuses or times out the connect is put in backoff
-//! ([`unreachable`]) and the next one is tried, as long as nothing has been sent
-//! upstream yet.
+//! placement order (down backends and, with bounded load, full ones last). A backend
+//! that refuses or times out the connect counts a passive failure against its health
+//! and the next one is tried. A backend that accepts but does not answer in time counts
+//! one too; the request moves on if it can safely be sent twice (an upgrade, or an
+//! idempotent method whose body was not sent), else the client gets 504.
 
 mod body;
 mod copy;
 pub mod error;
+mod frames;
 pub mod headers;
 pub mod tunnel;
 
@@ -35,7 +38,9 @@ use error::ProxyError;
 use headers::{Forwarding, client_ip, is_trusted, set_forwarding, strip_hop_by_hop};
 use tunnel::{TunnelInfo, is_websocket_upgrade, mark_upgrade};
 
+use crate::config::human;
 use crate::principal::{self, Fallback, Principal};
+use crate::rebalance::on_transition;
 use crate::route::host_name;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Live, Route};
@@ -130,7 +135,7 @@ impl Proxy {
         if websocket {
             self.upgrade(req, upstream, route, principal).await
         } else {
-            http(req, upstream, principal).await
+            self.http(req, upstream, principal).await
         }
     }
 
@@ -147,76 +152,114 @@ impl Proxy {
         if let Some(pq) = parts.uri.path_and_query() {
             parts.uri = Uri::from(pq.clone());
         }
-        let mut candidates = upstream.candidates(principal.key());
-        let (backend, stream) = loop {
+        let registry = &self.live.registry;
+        let timeout = upstream.config.upgrade_timeout;
+        let mut candidates = upstream.candidates(principal.key(), registry);
+        let (backend, resp) = loop {
             let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
-            match b.connect().await {
-                Ok(s) => break (b, s),
-                Err(e) => unreachable(upstream, b, &e),
+            let stream = match b.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.passive_failure(upstream, b, &e.to_string());
+                    continue;
+                }
+            };
+            let req = Request::from_parts(same_head(&parts), Empty::new());
+            match tokio::time::timeout(timeout, tunnel::send(stream, req, &self.tasks)).await {
+                Ok(Ok(resp)) => break (b, resp),
+                // An upgrade is a GET without a body: safe to try the next backend.
+                Ok(Err(e)) => {
+                    debug!(backend = %b.id, error = %e, "upgrade request failed; trying the next backend")
+                }
+                Err(_) => self.passive_failure(
+                    upstream,
+                    b,
+                    &format!("no answer to an upgrade within {}", human(timeout)),
+                ),
             }
         };
-        backend.health.connect_succeeded();
         let info = TunnelInfo {
             route: route.label.clone(),
             backend: backend.id.clone(),
             principal: principal.fingerprint(),
             idle_timeout: route.idle_timeout,
-            cancel: self.tasks.token().clone(),
         };
-        tunnel::handshake(
-            Request::from_parts(parts, Empty::new()),
-            client,
-            stream,
-            info,
-            &self.tasks,
-        )
-        .await
+        let register =
+            || registry.register(upstream.name.clone(), backend.key.clone(), principal.key());
+        tunnel::finish(resp, client, info, register, &self.tasks)
+    }
+
+    /// A plain request through the first reachable candidate's keep-alive pool.
+    async fn http(
+        &self,
+        req: Request<Incoming>,
+        upstream: &Upstream,
+        principal: Principal,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let body = RetryBody::new(body);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let timeout = upstream.config.response_timeout;
+        let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
+        let (backend, resp) = loop {
+            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
+                backend: b.id.clone(),
+                source: e,
+            };
+            let mut r = Request::new(body.again());
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
+            *r.version_mut() = Version::HTTP_11;
+            *r.headers_mut() = parts.headers.clone();
+            match tokio::time::timeout(timeout, b.client().request(r)).await {
+                Ok(Ok(resp)) => break (b, resp),
+                // Nothing went upstream: the next candidate gets the same request.
+                Ok(Err(e)) if e.is_connect() && body.untouched() => {
+                    self.passive_failure(upstream, b, &e.to_string())
+                }
+                Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
+                Ok(Err(e)) => return Err(failed(e.into())),
+                Err(_) => {
+                    self.passive_failure(
+                        upstream,
+                        b,
+                        &format!("no response within {}", human(timeout)),
+                    );
+                    // Only a request that can safely be sent twice goes to the next node.
+                    if !(parts.method.is_idempotent() && body.untouched()) {
+                        return Err(ProxyError::Timeout {
+                            backend: b.id.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
+        Ok(relay(resp))
+    }
+
+    /// A connect to `b` failed, or it did not answer in time: count it against the
+    /// backend's health, and act if that takes it down.
+    fn passive_failure(&self, upstream: &Upstream, b: &Backend, detail: &str) {
+        warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic; trying the next");
+        if let Some(t) = b
+            .health
+            .passive_failure(&upstream.config.health.thresholds, detail)
+        {
+            on_transition(&self.live, b, t);
+        }
     }
 }
 
-/// A plain request through the owner's keep-alive pool.
-async fn http(
-    req: Request<Incoming>,
-    upstream: &Upstream,
-    principal: Principal,
-) -> Result<Response<Body>, ProxyError> {
-    let (parts, body) = req.into_parts();
-    let body = RetryBody::new(body);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut candidates = upstream.candidates(principal.key());
-    let (backend, resp) = loop {
-        let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
-        let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
-            backend: b.id.clone(),
-            source: e,
-        };
-        let mut r = Request::new(body.again());
-        *r.method_mut() = parts.method.clone();
-        *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
-        *r.version_mut() = Version::HTTP_11;
-        *r.headers_mut() = parts.headers.clone();
-        match b.client().request(r).await {
-            Ok(resp) => break (b, resp),
-            // Nothing went upstream: the next candidate gets the same request.
-            Err(e) if e.is_connect() && body.untouched() => unreachable(upstream, b, &e),
-            Err(e) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
-            Err(e) => return Err(failed(e.into())),
-        }
-    };
-    debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-    Ok(relay(resp))
-}
-
-/// A connect to `b` failed before anything was sent: back off from it, say so once.
-fn unreachable(upstream: &Upstream, b: &Backend, e: &dyn std::error::Error) {
-    b.health.connect_failed(upstream.connect_backoff);
-    warn!(
-        upstream = %upstream.name,
-        backend = %b.id,
-        error = %e,
-        backoff_ms = upstream.connect_backoff.as_millis() as u64,
-        "connect failed; skipping this backend for the backoff and trying the next"
-    );
+/// A copy of a request head, for one more attempt.
+fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
 }
 
 fn no_backend(upstream: &Upstream) -> ProxyError {

@@ -6,8 +6,13 @@
 //! else; send the request upstream with `Connection: upgrade` / `Upgrade: websocket`
 //! re-added (they are hop-by-hop and were stripped); accept only a 101 whose `Upgrade`
 //! is websocket; take the backend's `OnUpgrade`; answer the client's 101 and splice the
-//! two upgraded connections in a task that the shutdown tracker owns. Any other answer
-//! is relayed to the client as an ordinary response.
+//! two upgraded connections in a task that the shutdown tracker owns, registered in the
+//! tunnel registry. Any other answer is relayed to the client as an ordinary response.
+//!
+//! A tunnel ends when both sides have closed, when it is idle for the route's
+//! `idle_timeout`, when a side fails, or when tether tells it to (its backend went down,
+//! rebalancing, shutdown). tether's own closes send Close frames between frames:
+//! 1012 to the client when it should reconnect elsewhere, 1001 for going away.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -15,20 +20,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::copy::{Pump, Side};
+use super::copy::{Failed, Pump, Side};
 use super::error::ProxyError;
 use super::headers::{connection_has, strip_hop_by_hop};
 use super::{Body, relay};
 use crate::principal::Fingerprint;
+use crate::registry::{CloseReason, Registration};
 use crate::shutdown::Shutdown;
 
 /// Is this an HTTP/1.1 WebSocket upgrade request (RFC 6455 §4.1)?
@@ -54,40 +60,44 @@ pub fn mark_upgrade(headers: &mut HeaderMap) {
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
 
-/// What a tunnel needs to know besides its two connections; also what its close is
-/// logged with.
+/// What a tunnel logs its close with.
 #[derive(Debug, Clone)]
 pub struct TunnelInfo {
     pub route: Arc<str>,
     pub backend: Arc<str>,
     pub principal: Fingerprint,
     pub idle_timeout: Option<Duration>,
-    pub cancel: CancellationToken,
 }
 
-/// Sends the (already rewritten and re-marked) upgrade request `req` over `stream` to
-/// `backend`; on 101 spawns the tunnel under `tasks` and returns the 101 for the client.
-pub async fn handshake(
-    req: Request<Empty<Bytes>>,
-    client: OnUpgrade,
+/// How long a closing tunnel waits for its peers to close after its Close frames.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Sends the (already rewritten and re-marked) upgrade request `req` over `stream` and
+/// returns the backend's answer. The connection task runs under `tasks`.
+pub async fn send(
     stream: TcpStream,
-    info: TunnelInfo,
+    req: Request<Empty<Bytes>>,
     tasks: &Shutdown,
-) -> Result<Response<Body>, ProxyError> {
-    let upstream_err = |e: hyper::Error| ProxyError::Upstream {
-        backend: info.backend.clone(),
-        source: e.into(),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(upstream_err)?;
+) -> Result<Response<Incoming>, hyper::Error> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tasks.spawn(async move {
         // Ends when the connection is handed to the tunnel, or after a non-101 answer.
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "backend connection for an upgrade ended with an error");
         }
     });
-    let mut resp = sender.send_request(req).await.map_err(upstream_err)?;
+    sender.send_request(req).await
+}
+
+/// Turns the backend's answer into the client's: a 101 starts the tunnel task (under
+/// `tasks`, registered as `registration`); anything else is relayed as is.
+pub fn finish(
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    info: TunnelInfo,
+    register: impl FnOnce() -> Registration,
+    tasks: &Shutdown,
+) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(relay(resp));
     }
@@ -100,7 +110,7 @@ pub async fn handshake(
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     mark_upgrade(&mut parts.headers);
-    tasks.spawn(splice(client, backend, info));
+    tasks.spawn(splice(client, backend, info, register()));
     Ok(Response::from_parts(
         parts,
         Either::Right(Full::new(Bytes::new())),
@@ -110,27 +120,62 @@ pub async fn handshake(
 /// Why a tunnel ended.
 #[derive(Debug)]
 enum Closed {
-    /// One side finished first, then the other.
+    /// Both sides finished normally; `Side` finished first.
     By(Side),
     Idle,
-    Cancelled,
-    Error(std::io::Error),
+    /// tether closed it (backend down, rebalance, shutdown, removal).
+    Told(CloseReason),
+    Failed(Failed),
 }
 
-/// Waits for both upgrades, then pumps bytes until the tunnel closes.
+impl Closed {
+    /// The Close codes tether sends to the client and to the backend.
+    fn codes(&self) -> (Option<u16>, Option<u16>) {
+        match self {
+            Closed::By(_) => (None, None),
+            Closed::Idle => (Some(1001), Some(1001)),
+            // A dead backend gets nothing more; the client is told to reconnect.
+            Closed::Told(CloseReason::BackendDown) => (Some(1012), None),
+            // The backend is fine: its client is leaving for another node.
+            Closed::Told(CloseReason::Rebalance) => (Some(1012), Some(1001)),
+            Closed::Told(r) => (Some(r.code()), Some(r.code())),
+            Closed::Failed(Failed {
+                side: Side::Backend,
+                ..
+            }) => (Some(1012), None),
+            Closed::Failed(Failed {
+                side: Side::Client, ..
+            }) => (None, Some(1001)),
+        }
+    }
+}
+
 impl std::fmt::Display for Closed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Closed::By(Side::Client) => f.write_str("client"),
             Closed::By(Side::Backend) => f.write_str("backend"),
             Closed::Idle => f.write_str("idle"),
-            Closed::Cancelled => f.write_str("shutdown"),
-            Closed::Error(e) => write!(f, "error: {e}"),
+            Closed::Told(r) => f.write_str(r.as_str()),
+            Closed::Failed(Failed {
+                side: Side::Client,
+                error,
+            }) => write!(f, "client error: {error}"),
+            Closed::Failed(Failed {
+                side: Side::Backend,
+                error,
+            }) => write!(f, "backend error: {error}"),
         }
     }
 }
 
-async fn splice(client: OnUpgrade, backend: OnUpgrade, info: TunnelInfo) {
+/// Waits for both upgrades, then pumps bytes until the tunnel closes.
+async fn splice(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    info: TunnelInfo,
+    registration: Registration,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
@@ -155,20 +200,21 @@ async fn splice(client: OnUpgrade, backend: OnUpgrade, info: TunnelInfo) {
                 backend,
                 backend_prefix,
             );
-            run(pump, info).await;
+            run(pump, info, registration).await;
         }
         Err(client) => {
             let pump = Pump::new(TokioIo::new(client), Bytes::new(), backend, backend_prefix);
-            run(pump, info).await;
+            run(pump, info, registration).await;
         }
     }
 }
 
-async fn run<C>(mut pump: Pump<C, TcpStream>, info: TunnelInfo)
+async fn run<C>(mut pump: Pump<C, TcpStream>, info: TunnelInfo, registration: Registration)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
+    let ctl = registration.ctl.clone();
     let closed = loop {
         let deadline = info
             .idle_timeout
@@ -176,19 +222,23 @@ where
         tokio::select! {
             r = poll_fn(|cx| pump.poll(cx)) => break match r {
                 Ok(()) => Closed::By(pump.first_eof().unwrap_or(Side::Client)),
-                Err(e) => Closed::Error(e),
+                Err(e) => Closed::Failed(e),
             },
             () = sleep_or_never(deadline) => {
                 // Bytes may have moved since the timer was set; if so, re-arm.
-                if let Some(d) = info.idle_timeout {
-                    if pump.last_activity().elapsed() >= d {
-                        break Closed::Idle;
-                    }
+                if info.idle_timeout.is_some_and(|d| pump.last_activity().elapsed() >= d) {
+                    break Closed::Idle;
                 }
             }
-            () = info.cancel.cancelled() => break Closed::Cancelled,
+            reason = ctl.closed() => break Closed::Told(reason),
         }
     };
+    // A closing tunnel no longer counts for placement or rebalancing.
+    drop(registration);
+    let (to_client, to_backend) = closed.codes();
+    if to_client.is_some() || to_backend.is_some() {
+        pump.close(to_client, to_backend, CLOSE_LINGER).await;
+    }
     let (up, down) = pump.totals();
     debug!(
         route = %info.route,

@@ -1,12 +1,20 @@
-//! Per-backend state that outlives a reload: the connect backoff and its counters.
+//! Backend health: a pure counter that turns probe results and real-traffic failures
+//! into Up/Down transitions, and the per-backend state that outlives a reload.
 //!
-//! Keyed by backend id and address in a [`HealthTable`] that every snapshot build
-//! consults, so a reload that keeps a backend keeps its state. No I/O here: the data
-//! path reports outcomes, this module only remembers them.
+//! Two inputs, one state:
+//! - active probes: `fall` consecutive failures take an Up backend Down, `rise`
+//!   consecutive successes bring a Down backend Up;
+//! - passive failures (a refused or timed-out connect, a backend that does not answer
+//!   in time): `passive_fails` of them within `passive_window` take it Down.
+//!
+//! Down means: skipped for new connections, its tunnels closed (by the caller, on the
+//! transition), and probed until `rise` successes. The counter has no I/O and no clock;
+//! callers pass the time. [`Health`] wraps it for sharing, keyed by backend id and
+//! address in a [`HealthTable`] so a reload that keeps a backend keeps its state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,37 +25,157 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// What the data path has learned about one backend.
-#[derive(Debug, Default)]
+/// When a backend changes state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub rise: u32,
+    pub fall: u32,
+    pub passive_fails: u32,
+    pub passive_window: Duration,
+}
+
+/// The pure state machine. `streak` counts consecutive probe results that argue for
+/// the other state; `passive` holds the times of recent real-traffic failures.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    up: bool,
+    streak: u32,
+    passive: VecDeque<u64>,
+}
+
+impl Counter {
+    pub fn new(up: bool) -> Counter {
+        Counter {
+            up,
+            streak: 0,
+            passive: VecDeque::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// An active probe result. Returns the new state on a transition.
+    pub fn probe(&mut self, ok: bool, t: &Thresholds) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { t.fall } else { t.rise };
+        (self.streak >= needed.max(1)).then(|| self.flip())
+    }
+
+    /// A failure on real traffic at `now_ms`. Returns `Some(false)` when it takes the
+    /// backend down.
+    pub fn passive_failure(&mut self, now_ms: u64, t: &Thresholds) -> Option<bool> {
+        if !self.up {
+            return None;
+        }
+        let window = t.passive_window.as_millis() as u64;
+        self.passive.push_back(now_ms);
+        while self.passive.front().is_some_and(|&at| at + window < now_ms) {
+            self.passive.pop_front();
+        }
+        (self.passive.len() as u32 >= t.passive_fails.max(1)).then(|| self.flip())
+    }
+
+    fn flip(&mut self) -> bool {
+        self.up = !self.up;
+        self.streak = 0;
+        self.passive.clear();
+        self.up
+    }
+}
+
+/// A state change, with why, for the one log line and the status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub up: bool,
+    pub reason: String,
+}
+
+/// The shared health of one backend.
+#[derive(Debug)]
 pub struct Health {
-    /// [`now_ms`] until which new connections skip this backend (0: no backoff). Set
-    /// by a failed connect so one dead node costs one failed connect, not one per
-    /// request; expires by itself so the next request after it probes the node again.
-    backoff_until: AtomicU64,
+    /// Mirrors `counter.up` for lock-free reads on the request path.
+    up: AtomicBool,
+    counter: Mutex<Counter>,
+    /// [`now_ms`] of the last transition (or of creation).
+    changed_at: AtomicU64,
+    reason: Mutex<String>,
     connect_failures: AtomicU64,
 }
 
 impl Health {
-    /// True while a recent connect failure says "skip me".
-    pub fn backing_off(&self, now: u64) -> bool {
-        self.backoff_until.load(Ordering::Relaxed) > now
+    pub fn new(up: bool) -> Health {
+        Health {
+            up: AtomicBool::new(up),
+            counter: Mutex::new(Counter::new(up)),
+            changed_at: AtomicU64::new(now_ms()),
+            reason: Mutex::new(if up { "started up" } else { "started down" }.into()),
+            connect_failures: AtomicU64::new(0),
+        }
     }
 
-    /// A connect failed (refused, unreachable or timed out).
-    pub fn connect_failed(&self, backoff: Duration) {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Since when the backend has been up ([`now_ms`]), if it is.
+    pub fn up_since(&self) -> Option<u64> {
+        self.is_up()
+            .then(|| self.changed_at.load(Ordering::Relaxed))
+    }
+
+    /// The last transition: when ([`now_ms`]) and why.
+    pub fn last_change(&self) -> (u64, String) {
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.changed_at.load(Ordering::Relaxed), reason)
+    }
+
+    /// Records a probe result; `detail` says what the probe saw.
+    pub fn probe(&self, ok: bool, t: &Thresholds, detail: &str) -> Option<Transition> {
+        let to = self.counter().probe(ok, t)?;
+        let reason = if to {
+            format!("{} successful probes", t.rise)
+        } else {
+            format!("{} failed probes, last: {detail}", t.fall)
+        };
+        Some(self.changed(to, reason))
+    }
+
+    /// Records a failure on real traffic (connect refused or timed out, no answer).
+    pub fn passive_failure(&self, t: &Thresholds, detail: &str) -> Option<Transition> {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
-        let until = now_ms() + backoff.as_millis() as u64;
-        self.backoff_until.fetch_max(until, Ordering::Relaxed);
+        let to = self.counter().passive_failure(now_ms(), t)?;
+        let window = crate::config::human(t.passive_window);
+        let reason = format!(
+            "{} failures on live traffic within {window}, last: {detail}",
+            t.passive_fails
+        );
+        Some(self.changed(to, reason))
     }
 
-    /// A connect succeeded: the backend is reachable again.
-    pub fn connect_succeeded(&self) {
-        self.backoff_until.store(0, Ordering::Relaxed);
-    }
-
-    /// Failed connects since this state was created.
+    /// Real-traffic failures since this state was created.
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    fn counter(&self) -> std::sync::MutexGuard<'_, Counter> {
+        self.counter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self, up: bool, reason: String) -> Transition {
+        self.changed_at.store(now_ms(), Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.clone();
+        Transition { up, reason }
     }
 }
 
@@ -59,15 +187,16 @@ pub struct HealthTable {
 }
 
 impl HealthTable {
-    /// The state for this backend: the existing one if a current snapshot has it.
-    pub fn get(&self, id: &str, addr: SocketAddr) -> Arc<Health> {
+    /// The state for this backend: the existing one if a current snapshot has it, else
+    /// a new one starting `up` or not.
+    pub fn get(&self, id: &str, addr: SocketAddr, up: bool) -> Arc<Health> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, w| w.strong_count() > 0);
         let key = (id.to_owned(), addr);
         if let Some(h) = entries.get(&key).and_then(Weak::upgrade) {
             return h;
         }
-        let h = Arc::new(Health::default());
+        let h = Arc::new(Health::new(up));
         entries.insert(key, Arc::downgrade(&h));
         h
     }
@@ -77,31 +206,94 @@ impl HealthTable {
 mod tests {
     use super::*;
 
+    const T: Thresholds = Thresholds {
+        rise: 2,
+        fall: 3,
+        passive_fails: 2,
+        passive_window: Duration::from_secs(10),
+    };
+
     #[test]
-    fn failed_connect_backs_off_until_it_expires_or_succeeds() {
-        let h = Health::default();
-        let now = now_ms();
-        assert!(!h.backing_off(now));
-        h.connect_failed(Duration::from_secs(5));
-        assert!(h.backing_off(now));
-        assert!(!h.backing_off(now + 6_000));
-        h.connect_succeeded();
-        assert!(!h.backing_off(now));
-        assert_eq!(h.connect_failures(), 1);
+    fn falls_after_fall_consecutive_failures_only() {
+        let mut c = Counter::new(true);
+        assert_eq!(c.probe(false, &T), None);
+        assert_eq!(c.probe(false, &T), None);
+        assert_eq!(c.probe(true, &T), None, "a success resets the streak");
+        assert_eq!(c.probe(false, &T), None);
+        assert_eq!(c.probe(false, &T), None);
+        assert_eq!(c.probe(false, &T), Some(false));
+        assert!(!c.is_up());
+    }
+
+    #[test]
+    fn rises_after_rise_consecutive_successes() {
+        let mut c = Counter::new(false);
+        assert_eq!(c.probe(true, &T), None);
+        assert_eq!(c.probe(false, &T), None);
+        assert_eq!(c.probe(true, &T), None);
+        assert_eq!(c.probe(true, &T), Some(true));
+        assert_eq!(c.probe(true, &T), None, "no second transition");
+    }
+
+    #[test]
+    fn passive_failures_count_within_the_window() {
+        let mut c = Counter::new(true);
+        assert_eq!(c.passive_failure(1_000, &T), None);
+        assert_eq!(
+            c.passive_failure(12_000, &T),
+            None,
+            "the first one aged out"
+        );
+        assert_eq!(c.passive_failure(13_000, &T), Some(false));
+        assert_eq!(c.passive_failure(13_001, &T), None, "already down");
+        // Only probes bring it back.
+        assert_eq!(c.probe(true, &T), None);
+        assert_eq!(c.probe(true, &T), Some(true));
+    }
+
+    #[test]
+    fn health_reports_transitions_once_with_a_reason() {
+        let h = Health::new(true);
+        assert!(h.is_up() && h.up_since().is_some());
+        let one = Thresholds {
+            passive_fails: 1,
+            ..T
+        };
+        let t = h.passive_failure(&one, "connection refused").unwrap();
+        assert!(!t.up);
+        assert!(t.reason.contains("connection refused"), "{}", t.reason);
+        assert!(!h.is_up() && h.up_since().is_none());
+        assert_eq!(h.passive_failure(&one, "again"), None);
+        assert_eq!(h.connect_failures(), 2);
+        assert_eq!(h.probe(true, &T, "ok"), None);
+        let t = h.probe(true, &T, "ok").unwrap();
+        assert_eq!(
+            t,
+            Transition {
+                up: true,
+                reason: "2 successful probes".into()
+            }
+        );
+        assert_eq!(h.last_change().1, "2 successful probes");
     }
 
     #[test]
     fn table_shares_state_while_a_snapshot_holds_it() {
         let t = HealthTable::default();
         let addr = "127.0.0.1:1".parse().unwrap();
-        let a = t.get("a", addr);
-        a.connect_failed(Duration::from_secs(1));
-        assert!(Arc::ptr_eq(&a, &t.get("a", addr)));
+        let a = t.get("a", addr, true);
+        assert!(
+            Arc::ptr_eq(&a, &t.get("a", addr, false)),
+            "existing state wins"
+        );
         assert!(!Arc::ptr_eq(
             &a,
-            &t.get("a", "127.0.0.1:2".parse().unwrap())
+            &t.get("a", "127.0.0.1:2".parse().unwrap(), true)
         ));
         drop(a);
-        assert_eq!(t.get("a", addr).connect_failures(), 0);
+        assert!(
+            !t.get("a", addr, false).is_up(),
+            "a fresh state after the last user left"
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! Upstreams and their backends as one snapshot sees them: identity, placement table,
-//! connection settings, the pooled HTTP client, and a link to the long-lived
-//! [`Health`] of each backend.
+//! settings, the pooled HTTP client, and a link to the long-lived [`Health`] of each
+//! backend.
 //!
 //! [`Upstream::candidates`] is the eligibility walk of DESIGN "Placement": the table's
-//! order for the key, skipping backends in connect backoff; if every backend is backing
-//! off they are tried anyway, best first (a backoff is a hint, not proof of death).
+//! order for the key, skipping backends that are down and, with bounded load, those at
+//! their cap. What was skipped is tried last (over-cap ones, then down ones): a
+//! health verdict can be wrong, and a request that might succeed beats a certain 502
+//! (Envoy's "panic mode", here at 0% healthy).
 
 pub mod health;
 
@@ -22,7 +24,8 @@ use tower_service::Service;
 use crate::balance::{Table, Walk};
 use crate::config::UpstreamConfig;
 use crate::proxy::RetryBody;
-use health::{Health, HealthTable, now_ms};
+use crate::registry::{BackendKey, Registry};
+use health::{Health, HealthTable};
 
 /// TCP keepalive on backend sockets: finds a silently vanished backend host under an
 /// idle tunnel long before the idle timeout does.
@@ -35,8 +38,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub backends: Vec<Backend>,
     pub table: Table,
-    pub connect_timeout: Duration,
-    pub connect_backoff: Duration,
+    pub config: UpstreamConfig,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,8 @@ pub struct Backend {
     pub id: Arc<str>,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Identity across snapshots: the registry's and the health table's key.
+    pub key: BackendKey,
     pub health: Arc<Health>,
     /// `http://addr` — the authority the pooled client keys its connections by.
     base: String,
@@ -62,11 +66,16 @@ impl Upstream {
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(config.keepalive_timeout)
                     .build(connector.clone());
+                let id: Arc<str> = b.id.as_str().into();
                 Backend {
-                    id: b.id.as_str().into(),
+                    key: BackendKey {
+                        id: id.clone(),
+                        addr: b.addr,
+                    },
+                    id,
                     addr: b.addr,
                     weight: b.weight,
-                    health: health.get(&b.id, b.addr),
+                    health: health.get(&b.id, b.addr, config.health.start_up),
                     base: format!("http://{}", b.addr),
                     connector,
                     client,
@@ -77,19 +86,30 @@ impl Upstream {
             name: config.name.as_str().into(),
             table: config.table(),
             backends,
-            connect_timeout: config.connect_timeout,
-            connect_backoff: config.connect_backoff,
+            config: config.clone(),
         }
     }
 
-    /// Backends to try for `key`, best first; see the module doc.
-    pub fn candidates(&self, key: u64) -> Candidates<'_> {
+    /// Backends to try for `key`, best first; see the module doc. `registry` gives the
+    /// live tunnel counts that bounded load needs.
+    pub fn candidates<'a>(&'a self, key: u64, registry: &'a Registry) -> Candidates<'a> {
+        let cap = self.config.balance_factor.map(|c| {
+            let up = self
+                .backends
+                .iter()
+                .filter(|b| b.health.is_up())
+                .count()
+                .max(1);
+            let total = registry.total(&self.name) + 1;
+            (c * total as f64 / up as f64).ceil() as usize
+        });
         Candidates {
             upstream: self,
+            registry,
             walk: self.table.walk(key),
-            now: now_ms(),
-            deferred: Vec::new(),
-            next_deferred: 0,
+            cap,
+            over_cap: Vec::new(),
+            down: Vec::new(),
         }
     }
 
@@ -117,7 +137,8 @@ impl Backend {
         Ok(Uri::try_from(s)?)
     }
 
-    /// A fresh connection (for an upgrade), made exactly as the pool makes its own.
+    /// A fresh connection (for an upgrade or a probe), made exactly as the pool makes
+    /// its own: same timeout, TCP_NODELAY, keepalive.
     pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
         let uri = Uri::try_from(self.base.as_str()).map_err(|e| ConnectError(e.into()))?;
         let io: TokioIo<TcpStream> = self
@@ -148,51 +169,57 @@ fn connector(timeout: Duration) -> HttpConnector {
 #[derive(Debug)]
 pub struct Candidates<'a> {
     upstream: &'a Upstream,
+    registry: &'a Registry,
     walk: Walk<'a>,
-    now: u64,
-    deferred: Vec<usize>,
-    next_deferred: usize,
+    cap: Option<usize>,
+    over_cap: Vec<usize>,
+    down: Vec<usize>,
 }
 
 impl<'a> Iterator for Candidates<'a> {
     type Item = &'a Backend;
 
     fn next(&mut self) -> Option<&'a Backend> {
+        let backends = &self.upstream.backends;
         for i in self.walk.by_ref() {
-            let b = &self.upstream.backends[i];
-            if b.health.backing_off(self.now) {
-                self.deferred.push(i);
+            let b = &backends[i];
+            if !b.health.is_up() {
+                self.down.push(i);
+            } else if self
+                .cap
+                .is_some_and(|cap| self.registry.load(&self.upstream.name, &b.key) >= cap)
+            {
+                self.over_cap.push(i);
             } else {
                 return Some(b);
             }
         }
-        let i = *self.deferred.get(self.next_deferred)?;
-        self.next_deferred += 1;
-        Some(&self.upstream.backends[i])
+        // Last resorts, best first: over their cap, then down.
+        let next = if self.over_cap.is_empty() {
+            &mut self.down
+        } else {
+            &mut self.over_cap
+        };
+        (!next.is_empty()).then(|| &backends[next.remove(0)])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackendConfig;
+    use crate::config::Config;
 
-    fn upstream(health: &HealthTable) -> Upstream {
-        let backends = (1..=3)
-            .map(|i| BackendConfig {
-                id: format!("n{i}"),
-                addr: format!("127.0.0.1:{i}").parse().unwrap(),
-                weight: 1,
-            })
-            .collect();
-        let config = UpstreamConfig {
-            name: "u".into(),
-            backends,
-            connect_timeout: Duration::from_secs(1),
-            connect_backoff: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(1),
-        };
-        Upstream::build(&config, health)
+    fn upstream(extra: &str) -> (Upstream, Arc<Registry>) {
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.u]\nbackends = [\
+             {{ addr = \"127.0.0.1:1\", name = \"n1\" }}, {{ addr = \"127.0.0.1:2\", name = \"n2\" }}, \
+             {{ addr = \"127.0.0.1:3\", name = \"n3\" }}]\n{extra}"
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        (
+            Upstream::build(&config.upstreams[0], &HealthTable::default()),
+            Arc::new(Registry::default()),
+        )
     }
 
     fn ids<'a>(c: impl Iterator<Item = &'a Backend>) -> Vec<&'a str> {
@@ -200,39 +227,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn candidates_skip_backing_off_then_try_them_last() {
-        let table = HealthTable::default();
-        let u = upstream(&table);
+    async fn candidates_skip_down_backends_then_try_them_last() {
+        let (u, reg) = upstream("[upstream.u.health]\npassive_fails = 1\n");
         let key = 42;
-        let order = ids(u.candidates(key));
+        let order = ids(u.candidates(key, &reg));
         assert_eq!(order.len(), 3);
         assert_eq!(order[0], &*u.owner(key).unwrap().id);
 
-        u.backend(order[0])
-            .unwrap()
-            .health
-            .connect_failed(Duration::from_secs(60));
-        assert_eq!(ids(u.candidates(key)), [order[1], order[2], order[0]]);
+        let t = u.config.health.thresholds;
+        assert!(
+            u.backend(order[0])
+                .unwrap()
+                .health
+                .passive_failure(&t, "refused")
+                .is_some()
+        );
+        assert_eq!(ids(u.candidates(key, &reg)), [order[1], order[2], order[0]]);
         // Eligibility never changes the owner itself.
         assert_eq!(&*u.owner(key).unwrap().id, order[0]);
     }
 
     #[tokio::test]
+    async fn bounded_load_skips_backends_at_their_cap() {
+        let (u, reg) = upstream("balance_factor = 1.0\n");
+        let key = 7;
+        let order = ids(u.candidates(key, &reg));
+        // Two tunnels on the owner; with c = 1 and 3 backends the cap for the next
+        // tunnel is ceil(1.0 × 3 / 3) = 1, so the owner is full.
+        let owner = u.backend(order[0]).unwrap();
+        let _t1 = reg.register(u.name.clone(), owner.key.clone(), 1);
+        let _t2 = reg.register(u.name.clone(), owner.key.clone(), 2);
+        assert_eq!(ids(u.candidates(key, &reg)), [order[1], order[2], order[0]]);
+    }
+
+    #[tokio::test]
     async fn connector_sets_nodelay() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = UpstreamConfig {
-            name: "u".into(),
-            backends: vec![BackendConfig {
-                id: "a".into(),
-                addr,
-                weight: 1,
-            }],
-            connect_timeout: Duration::from_secs(5),
-            connect_backoff: Duration::from_secs(5),
-            keepalive_timeout: Duration::from_secs(5),
-        };
-        let u = Upstream::build(&config, &HealthTable::default());
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.u]\nbackends = [\"{}\"]\n",
+            listener.local_addr().unwrap()
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        let u = Upstream::build(&config.upstreams[0], &HealthTable::default());
         let stream = u.backends[0].connect().await.unwrap();
         assert!(stream.nodelay().unwrap());
     }

@@ -40,6 +40,10 @@ pub struct Proxy {
 impl Proxy {
     /// Starts tether with `toml`, whose first listener must bind `127.0.0.1:0`.
     pub async fn start(toml: &str) -> Proxy {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("tether=debug")
+            .with_test_writer()
+            .try_init();
         let config = Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let bind = config.listeners[0].bind;
         let socket = TcpListener::bind(bind).await.unwrap();

@@ -1,0 +1,147 @@
+//! Active health probes: one task per backend, following the current snapshot.
+//!
+//! The supervisor starts a prober for every backend health state in the snapshot and
+//! stops those whose backend is gone, again after every swap. A prober ticks at its
+//! upstream's `interval` (first tick at a per-backend offset, so probes of many
+//! backends do not fire together), probes — a TCP connect, or `GET path` where 2xx/3xx
+//! is healthy — within `timeout`, feeds the result to the backend's counter, and acts
+//! only on transitions ([`crate::rebalance::on_transition`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::Probe;
+use crate::rebalance::on_transition;
+use crate::registry::BackendKey;
+use crate::snapshot::{Live, Snapshot};
+use crate::upstream::{Backend, Upstream};
+
+/// Keeps one prober per backend of the current snapshot until `stop`.
+pub async fn supervise(live: Arc<Live>, stop: CancellationToken) {
+    let mut generation = live.subscribe();
+    let mut probers: HashMap<BackendKey, CancellationToken> = HashMap::new();
+    loop {
+        let snap = live.load();
+        let wanted: Vec<BackendKey> = snap
+            .upstreams
+            .iter()
+            .flat_map(|u| u.backends.iter().map(|b| b.key.clone()))
+            .collect();
+        probers.retain(|k, token| {
+            let keep = wanted.contains(k);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for k in wanted {
+            probers.entry(k.clone()).or_insert_with(|| {
+                let token = stop.child_token();
+                tokio::spawn(prober(live.clone(), k, token.clone()));
+                token
+            });
+        }
+        drop(snap);
+        tokio::select! {
+            r = generation.changed() => if r.is_err() { break },
+            () = stop.cancelled() => break,
+        }
+    }
+    for token in probers.values() {
+        token.cancel();
+    }
+}
+
+/// Probes the backend `key` with the settings of the first upstream that has it (a
+/// backend shared by several upstreams is one server with one health).
+async fn prober(live: Arc<Live>, key: BackendKey, stop: CancellationToken) {
+    let mut first = true;
+    loop {
+        // Read the interval afresh each round (a reload may change it), without holding
+        // the snapshot while sleeping.
+        let Some(interval) = find(&live.load(), &key).map(|(u, _)| u.config.health.interval) else {
+            return;
+        };
+        let wait = if std::mem::take(&mut first) {
+            offset(&key, interval)
+        } else {
+            interval
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+        let snap = live.load();
+        let Some((up, backend)) = find(&snap, &key) else {
+            return;
+        };
+        let health = &up.config.health;
+        let result = match tokio::time::timeout(health.timeout, probe(backend, &health.probe)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                crate::config::human(health.timeout)
+            )),
+        };
+        if let Err(e) = &result {
+            debug!(backend = %key.id, error = %e, "probe failed");
+        }
+        let detail = result.as_ref().err().map_or("ok", String::as_str);
+        if let Some(t) = backend
+            .health
+            .probe(result.is_ok(), &health.thresholds, detail)
+        {
+            on_transition(&live, backend, t);
+        }
+    }
+}
+
+fn find<'a>(snap: &'a Snapshot, key: &BackendKey) -> Option<(&'a Upstream, &'a Backend)> {
+    snap.upstreams
+        .iter()
+        .find_map(|u| u.backends.iter().find(|b| &b.key == key).map(|b| (u, b)))
+}
+
+/// A stable offset in `[0, interval)` per backend.
+fn offset(key: &BackendKey, interval: Duration) -> Duration {
+    let h = crate::balance::key_hash(key.id.as_bytes());
+    interval.mul_f64((h % 1000) as f64 / 1000.0)
+}
+
+async fn probe(backend: &Backend, kind: &Probe) -> Result<(), String> {
+    let stream = backend.connect().await.map_err(|e| e.to_string())?;
+    let Probe::Http { path, host } = kind else {
+        return Ok(());
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let host = host.clone().unwrap_or_else(|| backend.addr.to_string());
+    let req = Request::get(path.as_str())
+        .header(HOST, host)
+        .header(USER_AGENT, "tether-health")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let status = sender
+        .send_request(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("{path} answered {status}"))
+    }
+}

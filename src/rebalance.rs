@@ -1,0 +1,149 @@
+//! Reacting to placement changes: a backend that goes down has its tunnels closed at
+//! once; a backend that comes back (or is added) gets its principals back, gently.
+//!
+//! Down: [`on_transition`] asks every tunnel on the backend to close with 1012, so
+//! clients reconnect and land on their next node. Only that backend's principals move.
+//!
+//! Up: new connections go to the returned owner at once, but its principals' existing
+//! tunnels sit on other nodes — they are *misplaced*. Once the owner has stayed up for
+//! the upstream's `rebalance_hold`, the rebalancer closes misplaced tunnels with 1012,
+//! at most `rebalance_rate` per second, so their clients reconnect to the owner without
+//! a reconnect storm. A tunnel is misplaced when the first eligible candidate for its
+//! principal (the same walk new connections use) is an up, held backend other than the
+//! one it sits on. The rebalancer sleeps until poked (a backend came up, a reload).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::registry::{CloseReason, Entry};
+use crate::snapshot::{Live, Snapshot};
+use crate::upstream::Backend;
+use crate::upstream::health::{Health, Transition, now_ms};
+
+/// Logs a health transition once and acts on it.
+pub fn on_transition(live: &Live, backend: &Backend, t: Transition) {
+    if t.up {
+        info!(backend = %backend.id, addr = %backend.addr, reason = %t.reason, "backend up");
+        live.poke_rebalancer();
+    } else {
+        let closed = live
+            .registry
+            .close_backend(&backend.key, CloseReason::BackendDown);
+        warn!(
+            backend = %backend.id,
+            addr = %backend.addr,
+            reason = %t.reason,
+            tunnels_closed = closed,
+            "backend down; closing its tunnels"
+        );
+    }
+}
+
+/// A misplaced tunnel and what it needs to be moved.
+struct Misplaced {
+    entry: Entry,
+    owner: Arc<Health>,
+    rate: u32,
+}
+
+/// What one scan found.
+struct Scan {
+    misplaced: Vec<Misplaced>,
+    /// The earliest time ([`now_ms`]) an owner's hold ends, if some tunnel waits on one.
+    next_hold_end: Option<u64>,
+}
+
+/// Runs until `stop`, draining misplaced tunnels whenever poked.
+pub async fn run(live: Arc<Live>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = live.rebalance_wanted() => {}
+            () = stop.cancelled() => return,
+        }
+        loop {
+            let scan = scan(&live.load(), &live);
+            if scan.misplaced.is_empty() {
+                let Some(at) = scan.next_hold_end else { break };
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = live.rebalance_wanted() => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+            if !drain(scan.misplaced, &stop).await {
+                return;
+            }
+        }
+    }
+}
+
+fn scan(snap: &Snapshot, live: &Live) -> Scan {
+    let now = now_ms();
+    let mut out = Scan {
+        misplaced: Vec::new(),
+        next_hold_end: None,
+    };
+    for entry in live.registry.entries() {
+        let Some(up) = snap.upstream(&entry.upstream) else {
+            continue;
+        };
+        let Some(policy) = up.config.rebalance else {
+            continue;
+        };
+        // Tunnels on a backend that is down or gone are being closed already.
+        let Some(current) = up.backends.iter().find(|b| b.key == entry.backend) else {
+            continue;
+        };
+        if !current.health.is_up() || entry.ctl.reason().is_some() {
+            continue;
+        }
+        let Some(owner) = up.candidates(entry.key, &live.registry).next() else {
+            continue;
+        };
+        if owner.key == entry.backend {
+            continue;
+        }
+        let Some(since) = owner.health.up_since() else {
+            continue;
+        };
+        let held = since + policy.hold.as_millis() as u64;
+        if held > now {
+            out.next_hold_end = Some(out.next_hold_end.map_or(held, |t| t.min(held)));
+            continue;
+        }
+        out.misplaced.push(Misplaced {
+            entry,
+            owner: owner.health.clone(),
+            rate: policy.rate,
+        });
+    }
+    out
+}
+
+/// Closes `misplaced` tunnels, each upstream at its rate. False if stopped.
+async fn drain(misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
+    let mut closed = 0usize;
+    let total = misplaced.len();
+    for m in misplaced {
+        // The owner may have gone down again since the scan.
+        if !m.owner.is_up() || !m.entry.ctl.close(CloseReason::Rebalance) {
+            continue;
+        }
+        closed += 1;
+        let pause = Duration::from_secs(1).div_f64(f64::from(m.rate));
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => return false,
+        }
+    }
+    info!(
+        closed,
+        found = total,
+        "rebalanced misplaced tunnels back to their owners"
+    );
+    true
+}

@@ -1,0 +1,341 @@
+//! Every live tunnel, by backend and principal, with a handle to close it.
+//!
+//! A tunnel registers when its upgrade completes and deregisters when its
+//! [`Registration`] drops, so the registry is exact. Closing is a request: the
+//! tunnel's task sees the reason on its [`TunnelCtl`] and closes itself (with a Close
+//! frame when it is between frames). The registry holds no sockets.
+//!
+//! - "close everything on backend B" (B went down): [`Registry::close_backend`], which
+//!   touches only B's tunnels;
+//! - "which tunnels sit on a backend that no longer owns their principal": the
+//!   rebalancer walks [`Registry::entries`];
+//! - bounded load reads [`Registry::load`] and [`Registry::total`] per upstream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// Why tether closes a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Its backend went down.
+    BackendDown = 1,
+    /// Its principal now belongs to another backend.
+    Rebalance = 2,
+    /// tether is shutting down.
+    Shutdown = 3,
+    /// Its backend was removed from the configuration.
+    Removed = 4,
+}
+
+impl CloseReason {
+    /// The WebSocket close code the client gets (RFC 6455 §7.4, IANA registry):
+    /// 1012 "service restart" tells it to reconnect (and it lands elsewhere), 1001
+    /// "going away" that this endpoint is leaving.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::BackendDown | CloseReason::Rebalance => 1012,
+            CloseReason::Shutdown | CloseReason::Removed => 1001,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::BackendDown => "backend-down",
+            CloseReason::Rebalance => "rebalance",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Removed => "removed",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<CloseReason> {
+        [
+            CloseReason::BackendDown,
+            CloseReason::Rebalance,
+            CloseReason::Shutdown,
+            CloseReason::Removed,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == v)
+    }
+}
+
+/// One tunnel's close handle: the first reason set wins.
+#[derive(Debug, Default)]
+pub struct TunnelCtl {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl TunnelCtl {
+    /// Asks the tunnel to close. False if it was already asked.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let first = self
+            .reason
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            // notify_one stores a permit, so a tunnel not yet waiting still sees it.
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves once [`TunnelCtl::close`] has been called.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A backend's identity across snapshots (the health table's key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+}
+
+/// What the registry knows about one tunnel.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub upstream: Arc<str>,
+    pub backend: BackendKey,
+    /// The principal's placement key.
+    pub key: u64,
+    pub ctl: Arc<TunnelCtl>,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    /// Tunnels by backend, then by registration id.
+    by_backend: HashMap<BackendKey, HashMap<u64, Entry>>,
+    /// Live tunnels per (upstream, backend), for bounded load.
+    load: HashMap<(Arc<str>, BackendKey), usize>,
+    /// Live tunnels per upstream.
+    totals: HashMap<Arc<str>, usize>,
+}
+
+/// Keeps a tunnel registered; dropping it deregisters.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    upstream: Arc<str>,
+    backend: BackendKey,
+    pub ctl: Arc<TunnelCtl>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(m) = inner.by_backend.get_mut(&self.backend) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                inner.by_backend.remove(&self.backend);
+            }
+        }
+        let load_key = (self.upstream.clone(), self.backend.clone());
+        if let Some(n) = inner.load.get_mut(&load_key) {
+            *n -= 1;
+            if *n == 0 {
+                inner.load.remove(&load_key);
+            }
+        }
+        if let Some(n) = inner.totals.get_mut(&self.upstream) {
+            *n -= 1;
+            if *n == 0 {
+                inner.totals.remove(&self.upstream);
+            }
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(
+        self: &Arc<Self>,
+        upstream: Arc<str>,
+        backend: BackendKey,
+        key: u64,
+    ) -> Registration {
+        let ctl = Arc::new(TunnelCtl::default());
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let entry = Entry {
+            upstream: upstream.clone(),
+            backend: backend.clone(),
+            key,
+            ctl: ctl.clone(),
+        };
+        inner
+            .by_backend
+            .entry(backend.clone())
+            .or_default()
+            .insert(id, entry);
+        *inner
+            .load
+            .entry((upstream.clone(), backend.clone()))
+            .or_default() += 1;
+        *inner.totals.entry(upstream.clone()).or_default() += 1;
+        drop(inner);
+        Registration {
+            registry: self.clone(),
+            id,
+            upstream,
+            backend,
+            ctl,
+        }
+    }
+
+    /// Asks every tunnel on `backend` (in any upstream) to close; returns how many.
+    pub fn close_backend(&self, backend: &BackendKey, reason: CloseReason) -> usize {
+        let inner = self.lock();
+        inner
+            .by_backend
+            .get(backend)
+            .map_or(0, |m| m.values().filter(|e| e.ctl.close(reason)).count())
+    }
+
+    /// Asks every tunnel to close; returns how many.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        let inner = self.lock();
+        inner
+            .by_backend
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|e| e.ctl.close(reason))
+            .count()
+    }
+
+    /// A copy of every entry, for a scan that must not hold the lock.
+    pub fn entries(&self) -> Vec<Entry> {
+        let inner = self.lock();
+        inner
+            .by_backend
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    /// Live tunnels of `upstream` on `backend`.
+    pub fn load(&self, upstream: &Arc<str>, backend: &BackendKey) -> usize {
+        self.lock()
+            .load
+            .get(&(upstream.clone(), backend.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Live tunnels of `upstream`.
+    pub fn total(&self, upstream: &str) -> usize {
+        self.lock().totals.get(upstream).copied().unwrap_or(0)
+    }
+
+    /// Live tunnels in all.
+    pub fn len(&self) -> usize {
+        self.lock().by_backend.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> BackendKey {
+        BackendKey {
+            id: id.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn close_backend_touches_only_that_backend() {
+        let r = Arc::new(Registry::default());
+        let up: Arc<str> = "app".into();
+        let a1 = r.register(up.clone(), key("a"), 1);
+        let a2 = r.register(up.clone(), key("a"), 2);
+        let b1 = r.register(up.clone(), key("b"), 3);
+        assert_eq!(r.close_backend(&key("a"), CloseReason::BackendDown), 2);
+        assert_eq!(a1.ctl.reason(), Some(CloseReason::BackendDown));
+        assert_eq!(a2.ctl.reason(), Some(CloseReason::BackendDown));
+        assert_eq!(b1.ctl.reason(), None);
+        // Asking again does not count them twice; the first reason stays.
+        assert_eq!(r.close_backend(&key("a"), CloseReason::Rebalance), 0);
+        assert_eq!(a1.ctl.reason(), Some(CloseReason::BackendDown));
+    }
+
+    #[test]
+    fn counts_follow_registrations() {
+        let r = Arc::new(Registry::default());
+        let (app, other): (Arc<str>, Arc<str>) = ("app".into(), "other".into());
+        let t1 = r.register(app.clone(), key("a"), 1);
+        let t2 = r.register(app.clone(), key("a"), 2);
+        let t3 = r.register(other.clone(), key("a"), 3);
+        assert_eq!(
+            (
+                r.load(&app, &key("a")),
+                r.total("app"),
+                r.total("other"),
+                r.len()
+            ),
+            (2, 2, 1, 3)
+        );
+        drop(t1);
+        drop(t3);
+        assert_eq!(
+            (
+                r.load(&app, &key("a")),
+                r.total("app"),
+                r.total("other"),
+                r.len()
+            ),
+            (1, 1, 0, 1)
+        );
+        assert_eq!(r.entries()[0].key, 2);
+        drop(t2);
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_waiting_or_not_sees_its_close() {
+        let ctl = Arc::new(TunnelCtl::default());
+        assert!(ctl.close(CloseReason::Shutdown));
+        assert_eq!(ctl.closed().await, CloseReason::Shutdown);
+        let ctl = Arc::new(TunnelCtl::default());
+        let waiter = tokio::spawn({
+            let ctl = ctl.clone();
+            async move { ctl.closed().await }
+        });
+        tokio::task::yield_now().await;
+        ctl.close(CloseReason::Rebalance);
+        assert_eq!(waiter.await.unwrap(), CloseReason::Rebalance);
+        assert_eq!(CloseReason::Rebalance.code(), 1012);
+        assert_eq!(CloseReason::Shutdown.code(), 1001);
+    }
+}
