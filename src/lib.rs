@@ -20,13 +20,16 @@
 //! Edges:
 //! - [`listener`]: accept loops, the HTTP/1.1 server side.
 //! - [`proxy`]: the request path, forwarding headers, WebSocket tunnels, error responses.
+//! - [`server`]: a running tether (listeners, handler, background tasks) and shutdown.
+//! - [`reload`]: applying a new configuration to a running server.
 //! - [`shutdown`]: the drain signal and task accounting.
 //! - [`probe`]: active health probes, one task per backend.
 //! - [`rebalance`]: closing a dead backend's tunnels; draining misplaced tunnels back.
 //! - [`demo`]: the demo app nodes of `tether demo` (also the tests' tagged backends).
 //!
-//! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners and
-//! calls [`run`]; the library never binds or reads files on its own.
+//! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners,
+//! starts a [`Server`] and turns signals into reloads and shutdown; the library never
+//! binds or reads files on its own. [`run`] is the short form for embedding and tests.
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,45 +42,23 @@ pub mod probe;
 pub mod proxy;
 pub mod rebalance;
 pub mod registry;
+pub mod reload;
 pub mod route;
+pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod upstream;
 
 use std::sync::Arc;
 
-use tracing::{info, warn};
-
 pub use listener::Listener;
+pub use server::Server;
 pub use snapshot::Live;
 
-use proxy::Proxy;
-use shutdown::Shutdown;
-
 /// Serves `listeners` with the configuration in `live` until `shutdown` resolves, then
-/// stops accepting, lets in-flight requests finish and closes tunnels (Close 1001),
-/// waiting at most the configured `drain_timeout`. Health probes and the rebalancer
-/// run alongside.
+/// shuts down gracefully ([`Server::shutdown`]).
 pub async fn run(listeners: Vec<Listener>, live: Arc<Live>, shutdown: impl Future<Output = ()>) {
-    let tasks = Shutdown::new();
-    let proxy = Arc::new(Proxy::new(live.clone(), tasks.clone()));
-    for l in listeners {
-        tasks.spawn(listener::accept_loop(
-            l,
-            proxy.clone(),
-            live.clone(),
-            tasks.clone(),
-        ));
-    }
-    let background = tasks.token().child_token();
-    tokio::spawn(probe::supervise(live.clone(), background.clone()));
-    tokio::spawn(rebalance::run(live.clone(), background.clone()));
+    let server = Server::start(live, listeners);
     shutdown.await;
-    background.cancel();
-    let tunnels = live.registry.close_all(registry::CloseReason::Shutdown);
-    info!(running = tasks.running(), tunnels, "shutting down");
-    let left = tasks.drain(live.load().drain_timeout).await;
-    if left > 0 {
-        warn!(left, "drain timeout reached; closing what is left");
-    }
+    server.shutdown().await;
 }

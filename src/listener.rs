@@ -41,11 +41,14 @@ impl Listener {
     }
 }
 
+/// Accepts on `listener` until `stop` (this listener removed by a reload) or shutdown.
+/// Connections it accepted outlive a `stop`: they end with shutdown or on their own.
 pub(crate) async fn accept_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
     live: Arc<Live>,
     tasks: Shutdown,
+    stop: CancellationToken,
 ) {
     match listener.socket.local_addr() {
         Ok(local) => info!(bind = %listener.bind, %local, "listening"),
@@ -55,7 +58,7 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             r = listener.socket.accept() => r,
-            () = token.cancelled() => break,
+            () = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,

@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tether::config::{Config, summary};
 use tether::demo::{self, Node};
 use tether::principal::Principal;
-use tether::{Listener, Live};
+use tether::{Listener, Live, Server};
 
 #[derive(Parser)]
 #[command(
@@ -120,11 +122,97 @@ fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
 
 async fn serve(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    let listeners = bind(&config).await?;
-    let live = Arc::new(Live::new(&config));
+    // Before anything slow: from here on SIGHUP reloads instead of killing us.
+    let mut signals = Signals::new()?;
+    let listeners = bind(config.listeners.iter().map(|l| l.bind)).await?;
+    let server = Server::start(Arc::new(Live::new(&config)), listeners);
     info!(config = %path.display(), "tether started");
-    tether::run(listeners, live, stop_signal()).await;
+    notify(&[NotifyState::Ready]);
+    loop {
+        match signals.next().await {
+            Sig::Reload => {
+                let mut states = vec![NotifyState::Reloading];
+                states.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&states);
+                reload(&server, path).await;
+                notify(&[NotifyState::Ready]);
+            }
+            Sig::Stop(name) => {
+                info!("{name} received: shutting down");
+                break;
+            }
+        }
+    }
+    notify(&[NotifyState::Stopping]);
+    tokio::spawn(async move {
+        loop {
+            if let Sig::Stop(name) = signals.next().await {
+                warn!("{name} received again: exiting without waiting for the drain");
+                std::process::exit(1);
+            }
+        }
+    });
+    server.shutdown().await;
     Ok(())
+}
+
+/// Re-reads `path` and applies it; on any error (unreadable, invalid, a new listener
+/// that cannot bind) the running configuration stays and the error is logged.
+async fn reload(server: &Server, path: &Path) {
+    let keep = "reload failed; the running configuration stays";
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return error!("{keep}: {e}"),
+    };
+    let fresh = match bind(tether::reload::binds_to_open(&server.listening(), &config)).await {
+        Ok(l) => l,
+        Err(e) => return error!("{keep}: {e:#}"),
+    };
+    server.reload(&config, fresh);
+    info!(config = %path.display(), "configuration reloaded");
+}
+
+/// Best effort: a service manager that cannot be told is not a reason to stop.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// The signals tether acts on: SIGHUP reloads, SIGINT and SIGTERM stop.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+enum Sig {
+    Reload,
+    Stop(&'static str),
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        let on = |kind| signal(kind).context("cannot install signal handlers");
+        Ok(Signals {
+            hup: on(SignalKind::hangup())?,
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Sig {
+        tokio::select! {
+            _ = self.hup.recv() => Sig::Reload,
+            _ = self.term.recv() => Sig::Stop("SIGTERM"),
+            _ = self.int.recv() => Sig::Stop("SIGINT"),
+        }
+    }
+
+    /// The next SIGINT or SIGTERM (SIGHUP is ignored).
+    async fn stop(&mut self) {
+        while let Sig::Reload = self.next().await {}
+    }
 }
 
 async fn demo(listen: SocketAddr) -> Result<()> {
@@ -138,7 +226,8 @@ async fn demo(listen: SocketAddr) -> Result<()> {
     }
     let text = demo::config(listen, &nodes);
     let config = Config::parse(&text, "demo")?;
-    let listeners = bind(&config).await?;
+    let mut signals = Signals::new()?;
+    let listeners = bind([listen]).await?;
     let local = listeners[0].socket.local_addr()?;
     println!("tether demo: three nodes behind tether, placed by user name.\n");
     for n in &nodes {
@@ -149,33 +238,20 @@ async fn demo(listen: SocketAddr) -> Result<()> {
     println!("\nThe configuration in use:\n\n{text}");
     println!("Ctrl-C stops it.");
     let live = Arc::new(Live::new(&config));
-    tether::run(listeners, live, stop_signal()).await;
+    tether::run(listeners, live, signals.stop()).await;
     for n in nodes {
         n.stop().await;
     }
     Ok(())
 }
 
-async fn bind(config: &Config) -> Result<Vec<Listener>> {
-    let mut out = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let socket = TcpListener::bind(l.bind)
+async fn bind(binds: impl IntoIterator<Item = SocketAddr>) -> Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for bind in binds {
+        let socket = TcpListener::bind(bind)
             .await
-            .with_context(|| format!("cannot listen on {}", l.bind))?;
-        out.push(Listener::new(l.bind, socket));
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        out.push(Listener::new(bind, socket));
     }
     Ok(out)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
-    }
 }

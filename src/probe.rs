@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::Probe;
+use crate::proxy::error::chain;
 use crate::rebalance::on_transition;
 use crate::registry::BackendKey;
 use crate::snapshot::{Live, Snapshot};
@@ -119,13 +120,13 @@ fn offset(key: &BackendKey, interval: Duration) -> Duration {
 }
 
 async fn probe(backend: &Backend, kind: &Probe) -> Result<(), String> {
-    let stream = backend.connect().await.map_err(|e| e.to_string())?;
+    let stream = backend.connect().await.map_err(|e| chain(&e))?;
     let Probe::Http { path, host } = kind else {
         return Ok(());
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     tokio::spawn(conn);
     let host = host.clone().unwrap_or_else(|| backend.addr.to_string());
     let req = Request::get(path.as_str())
@@ -133,11 +134,11 @@ async fn probe(backend: &Backend, kind: &Probe) -> Result<(), String> {
         .header(USER_AGENT, "tether-health")
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let status = sender
         .send_request(req)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| chain(&e))?
         .status();
     if status.is_success() || status.is_redirection() {
         Ok(())

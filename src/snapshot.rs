@@ -28,6 +28,7 @@ pub struct Snapshot {
     pub routes: Router<Route>,
     pub upstreams: Vec<Upstream>,
     pub drain_timeout: Duration,
+    pub removal_grace: Duration,
 }
 
 /// What a matched route decides.
@@ -73,6 +74,7 @@ impl Snapshot {
                 .map(|u| Upstream::build(u, health))
                 .collect(),
             drain_timeout: config.drain_timeout,
+            removal_grace: config.removal_grace,
         }
     }
 

@@ -36,6 +36,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(10);
 
 /// The validated configuration. Built only by [`Config::parse`] / [`Config::load`].
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// How long shutdown waits for connections and tunnels to finish.
     pub drain_timeout: Duration,
+    /// After a reload removes a backend, how long its tunnels may stay before they are
+    /// closed with 1001.
+    pub removal_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +178,7 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         routes,
         upstreams,
         drain_timeout: duration_or(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
+        removal_grace: duration_or(raw.removal_grace, DEFAULT_REMOVAL_GRACE)?,
     })
 }
 

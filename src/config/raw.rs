@@ -22,6 +22,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: BTreeMap<Spanned<String>, RawUpstream>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub removal_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,9 +76,38 @@ impl ProxyError {
     }
 }
 
+/// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
+/// "client error (Connect)" alone does not say "connection refused".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = inner.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_name_every_cause() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = ProxyError::Upstream {
+            backend: "b".into(),
+            source: Box::new(inner),
+        };
+        assert_eq!(chain(&outer), "backend `b` failed: connection refused");
+        let e = ProxyError::ClientBody(Box::new(std::io::Error::other("cut short")));
+        assert!(chain(&e).ends_with("cut short"));
+    }
 
     #[test]
     fn statuses() {

@@ -34,7 +34,7 @@ use hyper::{Method, Request, Response, Uri, Version};
 use tracing::{debug, warn};
 
 pub use body::RetryBody;
-use error::ProxyError;
+use error::{ProxyError, chain};
 use headers::{Forwarding, client_ip, is_trusted, set_forwarding, strip_hop_by_hop};
 use tunnel::{TunnelInfo, is_websocket_upgrade, mark_upgrade};
 
@@ -160,7 +160,7 @@ impl Proxy {
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.passive_failure(upstream, b, &e.to_string());
+                    self.passive_failure(upstream, b, &chain(&e));
                     continue;
                 }
             };
@@ -216,7 +216,7 @@ impl Proxy {
                 Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
-                    self.passive_failure(upstream, b, &e.to_string())
+                    self.passive_failure(upstream, b, &chain(&e))
                 }
                 Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
                 Ok(Err(e)) => return Err(failed(e.into())),

@@ -321,11 +321,17 @@ pub struct Binary {
 impl Binary {
     /// Spawns `tether args…` with stdout and stderr captured.
     pub fn spawn(args: &[&str]) -> Binary {
+        Binary::spawn_env(args, &[])
+    }
+
+    /// [`Binary::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Binary {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,9 +375,39 @@ impl Binary {
         }
     }
 
+    /// Waits for a line containing any of `needles`; returns it.
+    pub fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if needles.iter().any(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with any of {needles:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     /// The address of the first listener, from its "listening … local=ADDR" log line.
     pub fn wait_listening(&mut self) -> SocketAddr {
-        let line = self.wait_for("listening");
+        self.wait_listening_on("listening bind=")
+    }
+
+    /// The address from the next "listening" line that contains `needle`.
+    pub fn wait_listening_on(&mut self, needle: &str) -> SocketAddr {
+        let line = loop {
+            let line = self.wait_for("listening");
+            if line.contains(needle) && !line.contains("stopped") {
+                break line;
+            }
+        };
         let local = line
             .split("local=")
             .nth(1)
@@ -452,4 +488,62 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
     let (op, _) = read_frame(&mut s).await.expect("no greeting");
     assert_eq!(op, 1);
     s
+}
+
+/// A backend for tests that need to hold a request in flight: it reads one request
+/// head per connection, reports it, and answers only when the test says so.
+pub struct HeldBackend {
+    pub addr: SocketAddr,
+    /// One message per request received.
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HeldBackend {
+    pub async fn start() -> HeldBackend {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (tx, mut released) = (tx.clone(), released.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = tx.send(());
+                    let _ = released.wait_for(|r| *r).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
+                        .await;
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        HeldBackend {
+            addr,
+            arrived,
+            release,
+            task,
+        }
+    }
+
+    /// Lets every held (and future) request be answered.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+impl Drop for HeldBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

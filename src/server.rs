@@ -1,0 +1,94 @@
+//! A running tether: listeners, the request handler, background tasks, and the
+//! lifecycle around them (start, reload in `reload.rs`, shutdown).
+//!
+//! Each listener's accept loop has its own stop token (a child of the shutdown token),
+//! so a reload can close one listener while its accepted connections carry on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::listener::{self, Listener};
+use crate::proxy::Proxy;
+use crate::registry::CloseReason;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Live;
+use crate::{probe, rebalance};
+
+#[derive(Debug)]
+pub struct Server {
+    pub(crate) live: Arc<Live>,
+    pub(crate) tasks: Shutdown,
+    proxy: Arc<Proxy>,
+    /// Open listeners by configured bind, with the token that closes each.
+    listeners: Mutex<HashMap<SocketAddr, CancellationToken>>,
+    /// Stops the probes, the rebalancer and pending removals.
+    pub(crate) background: CancellationToken,
+}
+
+impl Server {
+    /// Starts serving `listeners` with the configuration in `live`, with health probes
+    /// and the rebalancer alongside. Must be called inside a tokio runtime.
+    pub fn start(live: Arc<Live>, listeners: Vec<Listener>) -> Server {
+        let tasks = Shutdown::new();
+        let background = tasks.token().child_token();
+        tokio::spawn(probe::supervise(live.clone(), background.clone()));
+        tokio::spawn(rebalance::run(live.clone(), background.clone()));
+        let server = Server {
+            proxy: Arc::new(Proxy::new(live.clone(), tasks.clone())),
+            live,
+            tasks,
+            listeners: Mutex::new(HashMap::new()),
+            background,
+        };
+        for l in listeners {
+            server.listen(l);
+        }
+        server
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The configured binds of the open listeners.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.listeners().keys().copied().collect()
+    }
+
+    pub(crate) fn listen(&self, l: Listener) {
+        let stop = self.tasks.token().child_token();
+        self.listeners().insert(l.bind, stop.clone());
+        let (proxy, live, tasks) = (self.proxy.clone(), self.live.clone(), self.tasks.clone());
+        self.tasks
+            .spawn(listener::accept_loop(l, proxy, live, tasks, stop));
+    }
+
+    /// Closes the listener configured with `bind` (its connections carry on).
+    pub(crate) fn unlisten(&self, bind: SocketAddr) {
+        if let Some(stop) = self.listeners().remove(&bind) {
+            stop.cancel();
+        }
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, HashMap<SocketAddr, CancellationToken>> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops accepting at once (listening sockets close), asks every tunnel to close
+    /// with 1001, lets in-flight requests finish, and waits up to `drain_timeout`.
+    pub async fn shutdown(self) {
+        self.background.cancel();
+        let tunnels = self.live.registry.close_all(CloseReason::Shutdown);
+        info!(running = self.tasks.running(), tunnels, "shutting down");
+        let left = self.tasks.drain(self.live.load().drain_timeout).await;
+        if left > 0 {
+            warn!(left, "drain timeout reached; closing what is left");
+        } else {
+            info!("shut down cleanly");
+        }
+    }
+}
