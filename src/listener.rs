@@ -1,9 +1,11 @@
-//! Accept loops and the HTTP/1.1 server side of each client connection.
+//! Accept loops and the server side of each client connection.
 //!
-//! Each accepted socket gets TCP_NODELAY (heartbeat frames must not wait for Nagle)
-//! and is served by hyper with upgrades enabled, the listener's header size limit
-//! (431 beyond it) and header timeout. Malformed requests are answered 400 by hyper
-//! and cost only that connection. On shutdown the accept loop ends, which closes the
+//! Each accepted socket gets TCP_NODELAY (heartbeat frames must not wait for Nagle).
+//! On a TLS listener the handshake comes first, bounded by `handshake_timeout`; ALPN
+//! `h2` then means HTTP/2 (with RFC 8441 extended CONNECT for WebSockets), anything
+//! else HTTP/1.1 with upgrades. The listener's header size limit (431 beyond it) and
+//! header timeout apply. Malformed requests are answered 400 by hyper and cost only
+//! that connection. On shutdown the accept loop ends, which closes the
 //! listening socket at once, and each connection finishes its in-flight request.
 
 use std::convert::Infallible;
@@ -12,14 +14,17 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::proxy::{ConnInfo, Proxy};
+use crate::config::TlsConfig;
+use crate::proxy::{Body, ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 
@@ -69,13 +74,21 @@ pub(crate) async fn accept_loop(
             }
         };
         configure(&stream);
+        let Some(settings) = Settings::of(&live, listener.bind) else {
+            continue;
+        };
         let info = Arc::new(ConnInfo {
             peer,
             bind: listener.bind,
-            scheme: "http",
+            scheme: if settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            hsts: settings.tls.as_ref().and_then(|t| t.hsts.clone()),
+            redirect_https: settings.redirect_https,
         });
-        let builder = builder(&live, listener.bind);
-        tasks.spawn(serve(stream, builder, info, proxy.clone(), token.clone()));
+        tasks.spawn(serve(stream, settings, info, proxy.clone(), token.clone()));
     }
     info!(bind = %listener.bind, "stopped listening");
 }
@@ -87,19 +100,32 @@ pub fn configure(stream: &TcpStream) {
     }
 }
 
-fn builder(live: &Live, bind: SocketAddr) -> http1::Builder {
-    let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new());
-    if let Some(l) = live.load().listener(bind) {
-        b.max_header_size(l.max_header_bytes);
-        b.header_read_timeout(l.header_timeout);
-    }
-    b
+/// What a connection takes from its listener's configuration at accept time (a reload
+/// applies to connections accepted after it).
+struct Settings {
+    max_header_bytes: usize,
+    header_timeout: Duration,
+    redirect_https: Option<u16>,
+    tls: Option<TlsConfig>,
 }
 
+impl Settings {
+    fn of(live: &Live, bind: SocketAddr) -> Option<Settings> {
+        let snap = live.load();
+        let l = snap.listener(bind)?;
+        Some(Settings {
+            max_header_bytes: l.max_header_bytes,
+            header_timeout: l.header_timeout,
+            redirect_https: l.redirect_https,
+            tls: l.tls.clone(),
+        })
+    }
+}
+
+/// TLS handshake if the listener has TLS, then HTTP/2 if ALPN chose it, else HTTP/1.1.
 async fn serve(
     stream: TcpStream,
-    builder: http1::Builder,
+    settings: Settings,
     info: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
     token: CancellationToken,
@@ -110,11 +136,40 @@ async fn serve(
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
     });
-    let mut conn = pin!(
-        builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
-    );
+    let Some(tls) = &settings.tls else {
+        return http1(TokioIo::new(stream), &settings, service, token).await;
+    };
+    let accepted = tokio::time::timeout(
+        tls.handshake_timeout,
+        TlsAcceptor::from(tls.server.clone()).accept(stream),
+    )
+    .await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        // A failed handshake (plain HTTP, an unknown CA, garbage) costs only this
+        // connection and is not an operator's problem: debug level.
+        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        http2(TokioIo::new(stream), &settings, service, token).await
+    } else {
+        http1(TokioIo::new(stream), &settings, service, token).await
+    }
+}
+
+async fn http1<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new());
+    b.max_header_size(settings.max_header_bytes);
+    b.header_read_timeout(settings.header_timeout);
+    let mut conn = pin!(b.serve_connection(io, service).with_upgrades());
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = token.cancelled() => {
@@ -123,7 +178,32 @@ async fn serve(
         }
     };
     if let Err(e) = result {
-        debug!(%peer, error = %e, "client connection ended with an error");
+        debug!(error = %e, "HTTP/1.1 client connection ended with an error");
+    }
+}
+
+/// HTTP/2 with the extended CONNECT protocol (RFC 8441) for WebSockets.
+async fn http2<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + Clone + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new());
+    b.enable_connect_protocol();
+    b.max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let mut conn = pin!(b.serve_connection(io, service));
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "HTTP/2 client connection ended with an error");
     }
 }
 

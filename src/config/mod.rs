@@ -10,6 +10,7 @@
 
 mod raw;
 mod summary;
+mod tls;
 mod upstream;
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ use crate::principal::{Fallback, Source};
 use crate::route::HostPattern;
 use raw::{RawConfig, RawListener, RawRoute};
 pub use summary::{human, summary};
+pub use tls::{TlsConfig, provider};
 use upstream::build_upstream;
 pub use upstream::{BackendConfig, HealthConfig, Probe, Rebalance, UpstreamConfig};
 
@@ -62,6 +64,9 @@ pub struct ListenerConfig {
     /// Time allowed for a request's headers to arrive, counted from the end of the
     /// previous response (so it is also the idle keep-alive timeout).
     pub header_timeout: Duration,
+    /// On a plain listener: answer everything with 308 to https on this port.
+    pub redirect_https: Option<u16>,
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,11 +225,35 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
             }
         },
     };
+    let redirect_https = match &l.redirect_https {
+        None => None,
+        Some(v) => match v.get_ref() {
+            toml::Value::Boolean(false) => None,
+            toml::Value::Boolean(true) => Some(443),
+            toml::Value::Integer(p) if (1..=65535).contains(p) => Some(*p as u16),
+            _ => {
+                return invalid(
+                    v.span(),
+                    "`redirect_https` is true (port 443) or an https port",
+                );
+            }
+        },
+    };
+    if let (Some(_), Some(v)) = (&l.tls, &l.redirect_https) {
+        if redirect_https.is_some() {
+            return invalid(
+                v.span(),
+                "`redirect_https` belongs on a plain listener, not a TLS one",
+            );
+        }
+    }
     Ok(ListenerConfig {
         bind,
         trusted_proxies,
         max_header_bytes,
         header_timeout: duration_or(l.header_timeout, DEFAULT_HEADER_TIMEOUT)?,
+        redirect_https,
+        tls: l.tls.map(tls::build_tls).transpose()?,
     })
 }
 

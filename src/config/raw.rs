@@ -33,6 +33,29 @@ pub struct RawListener {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub header_timeout: Option<Spanned<String>>,
+    /// `true` (port 443) or an https port: answer every request with a 308 to https.
+    pub redirect_https: Option<Spanned<toml::Value>>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sni: Vec<RawSni>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSni {
+    pub server_names: Vec<Spanned<String>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,9 +10,14 @@ pub fn summary(c: &Config) -> String {
     let _ = writeln!(s, "listeners:");
     for l in &c.listeners {
         let trusted: Vec<String> = l.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        let kind = match (&l.tls, l.redirect_https) {
+            (Some(t), _) => format!("TLS ({})", t.describe),
+            (None, Some(port)) => format!("plain, redirects to https port {port}"),
+            (None, None) => "plain".to_owned(),
+        };
         let _ = writeln!(
             s,
-            "  {}  trusted proxies: {}",
+            "  {}  {kind}  trusted proxies: {}",
             l.bind,
             if trusted.is_empty() {
                 "none".into()

@@ -36,8 +36,11 @@ pub enum ProxyError {
     },
     #[error("backend `{backend}` did not answer in time")]
     Timeout { backend: Arc<str> },
-    #[error("backend `{backend}` answered 101 without `Upgrade: websocket`")]
-    BadUpgrade { backend: Arc<str> },
+    #[error("backend `{backend}` answered 101 {why}")]
+    BadUpgrade {
+        backend: Arc<str>,
+        why: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -141,6 +144,7 @@ mod tests {
             (
                 ProxyError::BadUpgrade {
                     backend: "b".into(),
+                    why: "x",
                 },
                 502,
             ),

@@ -20,7 +20,8 @@
 use std::net::IpAddr;
 
 use hyper::header::{
-    CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, COOKIE, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use ipnet::IpNet;
 
@@ -51,6 +52,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for n in [PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(n);
+    }
+}
+
+/// Joins several `Cookie` headers into one with `"; "`, as RFC 9113 §8.2.3 requires
+/// when an HTTP/2 request goes on as HTTP/1.1.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, v);
     }
 }
 
@@ -211,6 +228,17 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["host", "x-keep"]);
+    }
+
+    #[test]
+    fn cookies_from_http2_are_joined_for_http1() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "S=x")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(get(&h, "cookie"), Some("a=1; b=2; S=x"));
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(get(&one, "cookie"), Some("a=1"));
     }
 
     #[test]

@@ -21,29 +21,29 @@ mod copy;
 pub mod error;
 mod frames;
 pub mod headers;
-pub mod tunnel;
+mod http;
+mod tunnel;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue};
-use hyper::{Method, Request, Response, Uri, Version};
+use hyper::header::{HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{debug, warn};
 
 pub use body::RetryBody;
 use error::{ProxyError, chain};
-use headers::{Forwarding, client_ip, is_trusted, set_forwarding, strip_hop_by_hop};
-use tunnel::{TunnelInfo, is_websocket_upgrade, mark_upgrade};
+use headers::{Forwarding, client_ip, is_trusted, join_cookies, set_forwarding, strip_hop_by_hop};
 
-use crate::config::human;
 use crate::principal::{self, Fallback, Principal};
 use crate::rebalance::on_transition;
 use crate::route::host_name;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Live, Route};
+use crate::snapshot::Live;
 use crate::upstream::{Backend, Upstream};
 
 /// Response body: a backend's streamed body, or one tether wrote itself.
@@ -57,6 +57,10 @@ pub struct ConnInfo {
     pub bind: SocketAddr,
     /// `"http"` or `"https"`.
     pub scheme: &'static str,
+    /// `Strict-Transport-Security` to add to responses (TLS listeners).
+    pub hsts: Option<HeaderValue>,
+    /// Plain listener set to redirect: the https port to send clients to.
+    pub redirect_https: Option<u16>,
 }
 
 /// The request handler shared by every connection.
@@ -73,13 +77,19 @@ impl Proxy {
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        match self.forward(req, conn).await {
+        let mut resp = match self.forward(req, conn).await {
             Ok(resp) => resp,
             Err(e) => {
-                debug!(peer = %conn.peer, error = %e, "request failed");
+                debug!(peer = %conn.peer, error = %chain(&e), "request failed");
                 e.response()
             }
+        };
+        if let Some(hsts) = &conn.hsts {
+            resp.headers_mut()
+                .entry(STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
         }
+        resp
     }
 
     async fn forward(
@@ -87,15 +97,19 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<Response<Body>, ProxyError> {
-        if req.method() == Method::CONNECT {
+        let websocket = websocket::flavor(&req);
+        if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(ProxyError::Connect);
         }
-        let snap = self.live.load();
         let host = request_host(&mut req)?;
         let host_str = match &host {
             Some(h) => Some(h.to_str().map_err(|_| ProxyError::InvalidHost)?),
             None => None,
         };
+        if let Some(port) = conn.redirect_https {
+            return redirect_https(host_str.ok_or(ProxyError::MissingHost)?, port, &req);
+        }
+        let snap = self.live.load();
         let route = snap
             .routes
             .find(host_str.map(host_name), req.uri().path())
@@ -121,7 +135,6 @@ impl Proxy {
             },
         };
 
-        let websocket = is_websocket_upgrade(&req);
         let forwarding = Forwarding {
             peer,
             client,
@@ -129,114 +142,18 @@ impl Proxy {
             scheme: conn.scheme,
             host: host.as_ref(),
         };
-        strip_hop_by_hop(req.headers_mut());
-        set_forwarding(req.headers_mut(), &forwarding);
-
-        if websocket {
-            self.upgrade(req, upstream, route, principal).await
-        } else {
-            self.http(req, upstream, principal).await
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        set_forwarding(headers, &forwarding);
+        if req.version() == Version::HTTP_2 {
+            // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
+            join_cookies(req.headers_mut());
         }
-    }
 
-    async fn upgrade(
-        &self,
-        mut req: Request<Incoming>,
-        upstream: &Upstream,
-        route: &Route,
-        principal: Principal,
-    ) -> Result<Response<Body>, ProxyError> {
-        let client = hyper::upgrade::on(&mut req);
-        let (mut parts, _) = req.into_parts();
-        mark_upgrade(&mut parts.headers);
-        if let Some(pq) = parts.uri.path_and_query() {
-            parts.uri = Uri::from(pq.clone());
+        match websocket {
+            Some(flavor) => self.upgrade(req, flavor, upstream, route, principal).await,
+            None => self.http(req, upstream, principal).await,
         }
-        let registry = &self.live.registry;
-        let timeout = upstream.config.upgrade_timeout;
-        let mut candidates = upstream.candidates(principal.key(), registry);
-        let (backend, resp) = loop {
-            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
-            let stream = match b.connect().await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.passive_failure(upstream, b, &chain(&e));
-                    continue;
-                }
-            };
-            let req = Request::from_parts(same_head(&parts), Empty::new());
-            match tokio::time::timeout(timeout, tunnel::send(stream, req, &self.tasks)).await {
-                Ok(Ok(resp)) => break (b, resp),
-                // An upgrade is a GET without a body: safe to try the next backend.
-                Ok(Err(e)) => {
-                    debug!(backend = %b.id, error = %e, "upgrade request failed; trying the next backend")
-                }
-                Err(_) => self.passive_failure(
-                    upstream,
-                    b,
-                    &format!("no answer to an upgrade within {}", human(timeout)),
-                ),
-            }
-        };
-        let info = TunnelInfo {
-            route: route.label.clone(),
-            backend: backend.id.clone(),
-            principal: principal.fingerprint(),
-            idle_timeout: route.idle_timeout,
-        };
-        let register =
-            || registry.register(upstream.name.clone(), backend.key.clone(), principal.key());
-        tunnel::finish(resp, client, info, register, &self.tasks)
-    }
-
-    /// A plain request through the first reachable candidate's keep-alive pool.
-    async fn http(
-        &self,
-        req: Request<Incoming>,
-        upstream: &Upstream,
-        principal: Principal,
-    ) -> Result<Response<Body>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let body = RetryBody::new(body);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let timeout = upstream.config.response_timeout;
-        let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
-        let (backend, resp) = loop {
-            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
-            let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
-                backend: b.id.clone(),
-                source: e,
-            };
-            let mut r = Request::new(body.again());
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
-            *r.version_mut() = Version::HTTP_11;
-            *r.headers_mut() = parts.headers.clone();
-            match tokio::time::timeout(timeout, b.client().request(r)).await {
-                Ok(Ok(resp)) => break (b, resp),
-                // Nothing went upstream: the next candidate gets the same request.
-                Ok(Err(e)) if e.is_connect() && body.untouched() => {
-                    self.passive_failure(upstream, b, &chain(&e))
-                }
-                Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
-                Ok(Err(e)) => return Err(failed(e.into())),
-                Err(_) => {
-                    self.passive_failure(
-                        upstream,
-                        b,
-                        &format!("no response within {}", human(timeout)),
-                    );
-                    // Only a request that can safely be sent twice goes to the next node.
-                    if !(parts.method.is_idempotent() && body.untouched()) {
-                        return Err(ProxyError::Timeout {
-                            backend: b.id.clone(),
-                        });
-                    }
-                }
-            }
-        };
-        debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-        Ok(relay(resp))
     }
 
     /// A connect to `b` failed, or it did not answer in time: count it against the
@@ -253,7 +170,7 @@ impl Proxy {
 }
 
 /// A copy of a request head, for one more attempt.
-fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+pub(crate) fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
     let mut r = Request::new(());
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();
@@ -266,6 +183,35 @@ fn no_backend(upstream: &Upstream) -> ProxyError {
     ProxyError::NoBackend {
         upstream: upstream.name.clone(),
     }
+}
+
+/// `308 Permanent Redirect` to the same URL over https on `port` (308 keeps the method
+/// and body, unlike 301).
+fn redirect_https<B>(
+    host: &str,
+    port: u16,
+    req: &Request<B>,
+) -> Result<Response<Body>, ProxyError> {
+    let name = host_name(host);
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_owned()
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{name}{port}{path}"))
+        .map_err(|_| ProxyError::InvalidHost)?;
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+        b"tether: use https\n",
+    ))));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(LOCATION, location);
+    Ok(resp)
 }
 
 /// Relays a backend response as is, minus its hop-by-hop headers.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tether::config::Config;
 use tether::demo::Node;
 use tether::{Listener, Live};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -131,7 +131,9 @@ pub async fn ws_node(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     g["node"].as_str().unwrap().to_owned()
 }
 
-pub async fn next_text(socket: &mut Ws) -> String {
+pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+) -> String {
     loop {
         let m = tokio::time::timeout(PATIENCE, socket.next())
             .await
@@ -146,7 +148,10 @@ pub async fn next_text(socket: &mut Ws) -> String {
     }
 }
 
-pub async fn send_text(socket: &mut Ws, s: &str) {
+pub async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WebSocketStream<S>,
+    s: &str,
+) {
     socket.send(Message::text(s.to_owned())).await.unwrap();
 }
 
@@ -316,6 +321,8 @@ pub struct Binary {
     pub child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// Parallel to `seen`: lines a wait has already returned.
+    claimed: Vec<bool>,
 }
 
 impl Binary {
@@ -352,43 +359,42 @@ impl Binary {
             child,
             lines: rx,
             seen: Vec::new(),
+            claimed: Vec::new(),
         }
     }
 
-    /// Waits (at most PATIENCE) for an output line containing `needle`; returns it.
+    /// Waits (at most PATIENCE) for an output line containing `needle` that no earlier
+    /// wait has claimed; claims and returns it. Lines are claimed in the order they
+    /// came, so two waits for the same text see two different lines.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {needle:?}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.wait_for_any(&[needle])
     }
 
-    /// Waits for a line containing any of `needles`; returns it.
+    /// [`Binary::wait_for`] for a line containing any of `needles`.
     pub fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        self.claim(
+            |line| needles.iter().any(|n| line.contains(n)),
+            &format!("{needles:?}"),
+        )
+    }
+
+    fn claim(&mut self, wanted: impl Fn(&str) -> bool, what: &str) -> String {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
+            if let Some(i) =
+                (0..self.seen.len()).find(|&i| !self.claimed[i] && wanted(&self.seen[i]))
+            {
+                self.claimed[i] = true;
+                return self.seen[i].clone();
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    self.seen.push(line.clone());
-                    if needles.iter().any(|n| line.contains(n)) {
-                        return line;
-                    }
+                    self.seen.push(line);
+                    self.claimed.push(false);
                 }
                 Err(_) => panic!(
-                    "no line with any of {needles:?}; output so far:\n{}",
+                    "no line with {what}; output so far:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -400,14 +406,12 @@ impl Binary {
         self.wait_listening_on("listening bind=")
     }
 
-    /// The address from the next "listening" line that contains `needle`.
+    /// The address from a "listening bind=… local=ADDR" line that contains `needle`.
     pub fn wait_listening_on(&mut self, needle: &str) -> SocketAddr {
-        let line = loop {
-            let line = self.wait_for("listening");
-            if line.contains(needle) && !line.contains("stopped") {
-                break line;
-            }
-        };
+        let line = self.claim(
+            |l| l.contains("listening bind=") && l.contains(needle),
+            needle,
+        );
         let local = line
             .split("local=")
             .nth(1)
@@ -419,6 +423,7 @@ impl Binary {
     pub fn output(&mut self) -> String {
         while let Ok(line) = self.lines.try_recv() {
             self.seen.push(line);
+            self.claimed.push(false);
         }
         self.seen.join("\n")
     }

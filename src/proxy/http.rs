@@ -1,0 +1,66 @@
+//! Plain HTTP requests: through the first reachable candidate's keep-alive pool, the
+//! body streamed both ways. A body stays replayable (body.rs) until a backend starts
+//! reading it, so a refused connect moves the same request to the next candidate.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, Version};
+use tracing::debug;
+
+use super::body::RetryBody;
+use super::error::{ProxyError, chain};
+use super::{Body, Proxy, no_backend, relay};
+use crate::config::human;
+use crate::principal::Principal;
+use crate::upstream::Upstream;
+
+impl Proxy {
+    /// A plain request through the first reachable candidate's keep-alive pool.
+    pub(super) async fn http(
+        &self,
+        req: Request<Incoming>,
+        upstream: &Upstream,
+        principal: Principal,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let body = RetryBody::new(body);
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let timeout = upstream.config.response_timeout;
+        let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
+        let (backend, resp) = loop {
+            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
+                backend: b.id.clone(),
+                source: e,
+            };
+            let mut r = Request::new(body.again());
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
+            *r.version_mut() = Version::HTTP_11;
+            *r.headers_mut() = parts.headers.clone();
+            match tokio::time::timeout(timeout, b.client().request(r)).await {
+                Ok(Ok(resp)) => break (b, resp),
+                // Nothing went upstream: the next candidate gets the same request.
+                Ok(Err(e)) if e.is_connect() && body.untouched() => {
+                    self.passive_failure(upstream, b, &chain(&e))
+                }
+                Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
+                Ok(Err(e)) => return Err(failed(e.into())),
+                Err(_) => {
+                    self.passive_failure(
+                        upstream,
+                        b,
+                        &format!("no response within {}", human(timeout)),
+                    );
+                    // Only a request that can safely be sent twice goes to the next node.
+                    if !(parts.method.is_idempotent() && body.untouched()) {
+                        return Err(ProxyError::Timeout {
+                            backend: b.id.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
+        Ok(relay(resp))
+    }
+}

@@ -1,0 +1,273 @@
+//! WebSocket upgrades: recognising them, and negotiating one with the owner backend.
+//!
+//! Two ways in, one way out. An HTTP/1.1 client sends `GET` with `Connection: upgrade`
+//! and `Upgrade: websocket` (RFC 6455 §4.1); an HTTP/2 client sends an extended CONNECT
+//! with `:protocol = websocket` (RFC 8441 §4). Both become an HTTP/1.1 upgrade request
+//! to the backend on a fresh connection, so backends only ever speak HTTP/1.1. For an
+//! HTTP/2 client tether is the one that opens the WebSocket, so it makes the
+//! `Sec-WebSocket-Key` and checks the backend's `Sec-WebSocket-Accept`, and answers the
+//! client `200` (RFC 8441 §5) instead of `101`.
+//!
+//! The recipe (hyper's `upgrades.rs`): take the client's `OnUpgrade` before anything
+//! else; send the request with `Connection: upgrade` / `Upgrade: websocket` re-added
+//! (they are hop-by-hop and were stripped); accept only a 101 whose `Upgrade` is
+//! websocket; take the backend's `OnUpgrade`; answer the client and splice the two
+//! upgraded connections in a task that the shutdown tracker owns, registered in the
+//! tunnel registry. Any other answer is relayed as an ordinary response. A backend that
+//! does not answer within `upgrade_timeout` counts against its health and the next
+//! candidate is tried (an upgrade is a GET without a body: safe to repeat).
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::ext::Protocol;
+use hyper::header::{
+    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::debug;
+
+use super::error::{ProxyError, chain};
+use super::headers::{connection_has, strip_hop_by_hop};
+use super::tunnel::{TunnelInfo, splice};
+use super::{Body, Proxy, no_backend, relay, same_head};
+use crate::config::human;
+use crate::principal::Principal;
+use crate::registry::Registration;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Route;
+use crate::upstream::Upstream;
+
+/// How the client asked for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `GET` + `Upgrade: websocket` over HTTP/1.1; answered 101.
+    Http1,
+    /// Extended CONNECT over HTTP/2; answered 200.
+    Http2,
+}
+
+/// The WebSocket flavour of `req`, if it asks for one.
+pub fn flavor<B>(req: &Request<B>) -> Option<Flavor> {
+    if req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && connection_has(req.headers(), "upgrade")
+        && upgrade_is_websocket(req.headers())
+    {
+        return Some(Flavor::Http1);
+    }
+    let protocol = req.extensions().get::<Protocol>();
+    (req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket")))
+    .then_some(Flavor::Http2)
+}
+
+fn upgrade_is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Marks `headers` as a WebSocket upgrade (after hop-by-hop stripping removed it).
+fn mark_upgrade(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+impl Proxy {
+    /// Opens a tunnel for `req` (already routed, placed and rewritten) to the first
+    /// reachable candidate of `upstream`.
+    pub(super) async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        flavor: Flavor,
+        upstream: &Upstream,
+        route: &Route,
+        principal: Principal,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        parts.method = Method::GET;
+        parts.version = Version::HTTP_11;
+        if let Some(pq) = parts.uri.path_and_query() {
+            parts.uri = Uri::from(pq.clone());
+        }
+        mark_upgrade(&mut parts.headers);
+        let key = (flavor == Flavor::Http2).then(|| {
+            let key = generate_key();
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                parts.headers.insert(SEC_WEBSOCKET_KEY, v);
+            }
+            parts
+                .headers
+                .entry(SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+            key
+        });
+
+        let registry = &self.live.registry;
+        let timeout = upstream.config.upgrade_timeout;
+        let mut candidates = upstream.candidates(principal.key(), registry);
+        let (backend, resp) = loop {
+            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
+            let stream = match b.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.passive_failure(upstream, b, &chain(&e));
+                    continue;
+                }
+            };
+            let req = Request::from_parts(same_head(&parts), Empty::new());
+            match tokio::time::timeout(timeout, send(stream, req, &self.tasks)).await {
+                Ok(Ok(resp)) => break (b, resp),
+                Ok(Err(e)) => {
+                    debug!(backend = %b.id, error = %chain(&e), "upgrade request failed; trying the next backend")
+                }
+                Err(_) => self.passive_failure(
+                    upstream,
+                    b,
+                    &format!("no answer to an upgrade within {}", human(timeout)),
+                ),
+            }
+        };
+        let info = TunnelInfo {
+            route: route.label.clone(),
+            backend: backend.id.clone(),
+            principal: principal.fingerprint(),
+            idle_timeout: route.idle_timeout,
+        };
+        let register =
+            || registry.register(upstream.name.clone(), backend.key.clone(), principal.key());
+        finish(resp, client, key, info, register, &self.tasks)
+    }
+}
+
+/// Sends the upgrade request `req` over `stream` and returns the backend's answer. The
+/// connection task runs under `tasks`.
+async fn send(
+    stream: TcpStream,
+    req: Request<Empty<Bytes>>,
+    tasks: &Shutdown,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tasks.spawn(async move {
+        // Ends when the connection is handed to the tunnel, or after a non-101 answer.
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "backend connection for an upgrade ended with an error");
+        }
+    });
+    sender.send_request(req).await
+}
+
+/// Turns the backend's answer into the client's: a valid 101 starts the tunnel and
+/// becomes a 101 (HTTP/1.1) or a 200 (HTTP/2, `key` set); anything else is relayed.
+fn finish(
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    key: Option<String>,
+    info: TunnelInfo,
+    register: impl FnOnce() -> Registration,
+    tasks: &Shutdown,
+) -> Result<Response<Body>, ProxyError> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(relay(resp));
+    }
+    let bad = |why| ProxyError::BadUpgrade {
+        backend: info.backend.clone(),
+        why,
+    };
+    if !upgrade_is_websocket(resp.headers()) {
+        return Err(bad("without `Upgrade: websocket`"));
+    }
+    if let Some(key) = &key {
+        let expected = derive_accept_key(key.as_bytes());
+        if resp
+            .headers()
+            .get(SEC_WEBSOCKET_ACCEPT)
+            .is_none_or(|v| v.as_bytes() != expected.as_bytes())
+        {
+            return Err(bad("with a wrong `Sec-WebSocket-Accept`"));
+        }
+    }
+    let backend = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if key.is_some() {
+        parts.status = StatusCode::OK;
+        parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+    } else {
+        mark_upgrade(&mut parts.headers);
+    }
+    tasks.spawn(splice(client, backend, info, register()));
+    Ok(Response::from_parts(
+        parts,
+        Either::Right(Full::new(Bytes::new())),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, version: Version, conn: &str, upgrade: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .version(version)
+            .header("connection", conn)
+            .header("upgrade", upgrade)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn recognises_websocket_requests_only() {
+        let h1 = |m, v, c, u| flavor(&req(m, v, c, u));
+        assert_eq!(
+            h1(
+                Method::GET,
+                Version::HTTP_11,
+                "keep-alive, Upgrade",
+                "WebSocket"
+            ),
+            Some(Flavor::Http1)
+        );
+        assert_eq!(
+            h1(Method::GET, Version::HTTP_11, "keep-alive", "websocket"),
+            None
+        );
+        assert_eq!(h1(Method::GET, Version::HTTP_11, "upgrade", "h2c"), None);
+        assert_eq!(
+            h1(Method::POST, Version::HTTP_11, "upgrade", "websocket"),
+            None
+        );
+        assert_eq!(
+            h1(Method::GET, Version::HTTP_10, "upgrade", "websocket"),
+            None
+        );
+
+        let mut connect = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(flavor(&connect), None, "plain CONNECT is not a WebSocket");
+        connect
+            .extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        assert_eq!(flavor(&connect), Some(Flavor::Http2));
+        connect
+            .extensions_mut()
+            .insert(Protocol::from_static("webtransport"));
+        assert_eq!(flavor(&connect), None);
+    }
+}

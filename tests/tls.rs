@@ -1,0 +1,632 @@
+//! TLS at the edge, with certificates made at test time (rcgen) and real rustls
+//! clients: wss:// to plain backends, SNI, HTTP/2 and WebSockets over HTTP/2 (RFC
+//! 8441), certificate reload on SIGHUP, redirect and HSTS, client certificates, and
+//! bad clients that cost only their own connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::ext::Protocol;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tether::principal::Principal;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// A test CA and the certificates it issues, as PEM files in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate: its files and its DER (to recognise it on the wire).
+struct Leaf {
+    cert: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tether test CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+        }
+    }
+
+    /// A certificate for `names` (DER and PEM) and its key.
+    fn issue(&self, names: &[&str], client: bool) -> (CertificateDer<'static>, String, KeyPair) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        if client {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.der().clone(), cert.pem(), key)
+    }
+
+    /// A server certificate for `names`, written as `stem.pem` (chain) and `stem.key`.
+    fn leaf(&self, stem: &str, names: &[&str]) -> Leaf {
+        let (der, pem, key) = self.issue(names, false);
+        let cert = self.dir.path().join(format!("{stem}.pem"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert, pem + &self.ca.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf {
+            cert: path(&cert),
+            key: path(&key_path),
+            der,
+        }
+    }
+
+    fn ca_file(&self) -> String {
+        let p = self.dir.path().join("ca.pem");
+        std::fs::write(&p, self.ca.pem()).unwrap();
+        path(&p)
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+
+    fn client_config(&self, alpn: &[&[u8]], client_cert: bool) -> Arc<ClientConfig> {
+        let b = ClientConfig::builder_with_provider(tether::config::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots());
+        let mut c = if client_cert {
+            let (der, _, key) = self.issue(&["client.test"], true);
+            let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            b.with_client_auth_cert(vec![der], key).unwrap()
+        } else {
+            b.with_no_client_auth()
+        };
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A TLS listener config over `nodes`; `tls` goes into `[listener.tls]`.
+fn tls_config(nodes: &[tether::demo::Node], tls: &str, sni: &str) -> String {
+    config(nodes, r#"principal = ["query:u"]"#, "").replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\n[listener.tls]\n{tls}\n{sni}\n"),
+        1,
+    )
+}
+
+fn cert_keys(leaf: &Leaf) -> String {
+    format!("cert = \"{}\"\nkey = \"{}\"", leaf.cert, leaf.key)
+}
+
+async fn tls(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    sni: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+fn peer_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+fn owner(proxy: &Proxy, key: &str) -> String {
+    let snap = proxy.live.load();
+    let app = snap.upstream("app").unwrap();
+    app.owner(Principal::from_bytes(key.as_bytes()).key())
+        .unwrap()
+        .id
+        .to_string()
+}
+
+#[tokio::test]
+async fn wss_reaches_a_plain_backend_with_https_forwarding_headers() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a", "b"]).await;
+    let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&leaf), "")).await;
+    let port = proxy.addr.port();
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://chat.example.com:{port}/ws?u=alice");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let greeting: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(greeting["node"], owner(&proxy, "alice"));
+    let h = &greeting["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["host"], format!("chat.example.com:{port}"));
+    assert_eq!(h["x-forwarded-port"], port.to_string());
+    send_text(&mut ws, "over tls").await;
+    assert_eq!(next_text(&mut ws).await, "over tls");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn each_name_gets_its_certificate_and_unknown_names_the_default() {
+    let pki = Pki::new();
+    let default = pki.leaf("default", &["default.test"]);
+    let chat = pki.leaf("chat", &["chat.example.com"]);
+    let org = pki.leaf("org", &["*.example.org"]);
+    let nodes = nodes(&["a"]).await;
+    let sni = format!(
+        "[[listener.tls.sni]]\nserver_names = [\"chat.example.com\"]\n{}\n[[listener.tls.sni]]\nserver_names = [\"*.example.org\"]\n{}\n",
+        cert_keys(&chat),
+        cert_keys(&org)
+    );
+    let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&default), &sni)).await;
+    // The client does not verify the name here: we look at which certificate came.
+    let any = pki.client_config(&[], false);
+    let cases = [
+        ("chat.example.com", &chat),
+        ("CHAT.example.com", &chat),
+        ("a.b.example.org", &org),
+        ("other.test", &default),
+    ];
+    for (name, want) in cases {
+        let s = tls_unverified(proxy.addr, name).await;
+        assert_eq!(peer_cert(&s), want.der, "{name}");
+    }
+    // No SNI at all (an IP address as the server name is never sent as SNI).
+    let s = tls(proxy.addr, any.clone(), "127.0.0.1").await;
+    assert!(
+        s.is_err(),
+        "the default cert is not valid for 127.0.0.1, but it is the one sent"
+    );
+    let s = tls_unverified(proxy.addr, "127.0.0.1").await;
+    assert_eq!(peer_cert(&s), default.der);
+    proxy.stop().await;
+}
+
+/// A handshake that accepts any certificate, to see which one the server chose.
+async fn tls_unverified(addr: SocketAddr, sni: &str) -> TlsStream<TcpStream> {
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            tether::config::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let config = ClientConfig::builder_with_provider(tether::config::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+    tls(addr, Arc::new(config), sni).await.unwrap()
+}
+
+#[tokio::test]
+async fn http2_carries_requests_and_many_websockets_on_one_connection() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&leaf), "")).await;
+    let port = proxy.addr.port();
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"h2"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    // Plain requests, with cookies split the HTTP/2 way.
+    for key in ["k1", "k2", "k3"] {
+        let req = Request::get(format!("https://chat.example.com:{port}/info?u={key}"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["node"], owner(&proxy, key));
+        assert_eq!(v["headers"]["cookie"], "a=1; b=2");
+        assert_eq!(v["headers"]["host"], format!("chat.example.com:{port}"));
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    }
+
+    // Several WebSockets on the same connection, each placed by its own principal.
+    let mut sockets = Vec::new();
+    for i in 0..6 {
+        let key = format!("user{i}");
+        let req = Request::connect(format!("https://chat.example.com:{port}/ws?u={key}"))
+            .header("sec-websocket-version", "13")
+            .extension(Protocol::from_static("websocket"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "extended CONNECT for {key}");
+        let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+        let greeting = match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(greeting["node"], owner(&proxy, &key), "{key}");
+        sockets.push((key, ws));
+    }
+    for (key, ws) in &mut sockets {
+        ws.send(Message::text(format!("hello {key}")))
+            .await
+            .unwrap();
+    }
+    for (key, ws) in &mut sockets {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), format!("hello {key}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_garbage_and_silence_on_the_tls_port_harm_no_one_else() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let tls_settings = format!("{}\nhandshake_timeout = \"300ms\"", cert_keys(&leaf));
+    let proxy = Proxy::start(&tls_config(&nodes, &tls_settings, "")).await;
+    let port = proxy.addr.port();
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let (mut good, _) =
+        tokio_tungstenite::client_async(format!("wss://chat.example.com:{port}/ws"), stream)
+            .await
+            .unwrap();
+    next_text(&mut good).await;
+
+    // Plain HTTP and garbage: the connection is dropped.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: chat.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closes(&mut plain).await);
+    let mut garbage = TcpStream::connect(proxy.addr).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5])
+        .await
+        .unwrap();
+    assert!(closes(&mut garbage).await);
+    // A client that connects and says nothing is cut off after the handshake timeout.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(closes(&mut silent).await);
+    // An untrusting client (unknown CA) fails its own handshake only.
+    let stranger = Pki::new();
+    assert!(
+        tls(
+            proxy.addr,
+            stranger.client_config(&[], false),
+            "chat.example.com"
+        )
+        .await
+        .is_err()
+    );
+
+    send_text(&mut good, "unharmed").await;
+    assert_eq!(next_text(&mut good).await, "unharmed");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn plain_listener_redirects_to_https_and_tls_responses_carry_hsts() {
+    let nodes = nodes(&["a"]).await;
+    let redirect = config(&nodes, "", "").replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        "bind = \"127.0.0.1:0\"\nredirect_https = 8443\n",
+        1,
+    );
+    let proxy = Proxy::start(&redirect).await;
+    let (status, headers, _) =
+        http(proxy.addr, get("chat.example.com:8080", "/room/1?x=y", &[])).await;
+    assert_eq!(status, 308);
+    assert_eq!(
+        headers["location"],
+        "https://chat.example.com:8443/room/1?x=y"
+    );
+    proxy.stop().await;
+
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let hsts = format!(
+        "{}\nhsts = \"max-age=63072000; includeSubDomains\"",
+        cert_keys(&leaf)
+    );
+    let proxy = Proxy::start(&tls_config(&nodes, &hsts, "")).await;
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(get("chat.example.com", "/info", &[]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=63072000; includeSubDomains"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_when_client_ca_is_set() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let settings = format!("{}\nclient_ca = \"{}\"", cert_keys(&leaf), pki.ca_file());
+    let proxy = Proxy::start(&tls_config(&nodes, &settings, "")).await;
+    let request = async |stream: TlsStream<TcpStream>| {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        sender
+            .send_request(get("chat.example.com", "/info", &[]))
+            .await
+            .ok()
+            .map(|r| r.status())
+    };
+    // Without a certificate the server refuses (TLS 1.3 reports it after the handshake).
+    let anonymous = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await;
+    if let Ok(s) = anonymous {
+        assert_eq!(
+            request(s).await,
+            None,
+            "a client without a certificate was served"
+        );
+    }
+    let with_cert = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.1"], true),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(request(with_cert).await.map(|s| s.as_u16()), Some(200));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_replaces_the_certificate_for_new_handshakes_only() {
+    let pki = Pki::new();
+    let first = pki.leaf("live", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let (_dir, path) = write_config(&tls_config(&nodes, &cert_keys(&first), ""));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    let stream = tls(
+        addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(peer_cert(&stream), first.der);
+    let (mut open, _) = tokio_tungstenite::client_async(
+        format!("wss://chat.example.com:{}/ws", addr.port()),
+        stream,
+    )
+    .await
+    .unwrap();
+    next_text(&mut open).await;
+
+    // A renewed certificate at the same paths (as certbot would), then SIGHUP.
+    let second = pki.leaf("live", &["chat.example.com"]);
+    assert_ne!(first.der, second.der);
+    bin.signal("HUP");
+    bin.wait_for("configuration reloaded");
+    let fresh = tls(
+        addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(peer_cert(&fresh), second.der);
+    send_text(&mut open, "still on the old session").await;
+    assert_eq!(next_text(&mut open).await, "still on the old session");
+
+    // A broken certificate file is a failed reload that names the file.
+    std::fs::write(&second.cert, "not a certificate").unwrap();
+    bin.signal("HUP");
+    let line = bin.wait_for("reload failed");
+    assert!(
+        line.contains(&second.cert) && line.contains("contains no certificate"),
+        "{line}"
+    );
+    let again = tls(
+        addr,
+        pki.client_config(&[b"http/1.1"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(peer_cert(&again), second.der);
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
+}
+
+#[test]
+fn certificate_problems_are_config_errors_that_name_the_file() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let base = "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\n";
+    let parse = |tls: &str| tether::config::Config::parse(&format!("{base}{tls}\n"), "t.toml");
+    let err = |tls: &str| parse(tls).unwrap_err().to_string();
+
+    let e = err("cert = \"/nonexistent/x.pem\"\nkey = \"/nonexistent/x.key\"");
+    assert!(
+        e.starts_with("t.toml:4:8: `/nonexistent/x.pem`: cannot read"),
+        "{e}"
+    );
+    let e = err(&format!("cert = \"{}\"\nkey = \"{}\"", a.cert, b.key));
+    assert!(
+        e.contains(&b.key) && e.contains("does not fit certificate") && e.contains(&a.cert),
+        "{e}"
+    );
+    let e = err(&format!("cert = \"{}\"\nkey = \"{}\"", a.key, a.key));
+    assert!(e.contains("contains no certificate"), "{e}");
+    let e = err(&format!("cert = \"{}\"\nkey = \"{}\"", a.cert, a.cert));
+    assert!(e.contains("no usable private key"), "{e}");
+
+    // PKCS#8 (rcgen), PKCS#1 RSA and SEC1 EC keys all load.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    for stem in ["rsa", "sec1"] {
+        let tls = format!("cert = \"{fixtures}/{stem}.pem\"\nkey = \"{fixtures}/{stem}.key\"");
+        assert!(parse(&tls).is_ok(), "{stem}: {:?}", parse(&tls).err());
+    }
+    assert!(parse(&cert_keys(&a)).is_ok());
+}
+
+#[tokio::test]
+async fn a_backend_with_a_wrong_accept_key_is_refused_for_http2_clients() {
+    // A "backend" that answers every upgrade with 101 and a made-up accept key.
+    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = liar.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+                              Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n";
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = closes(&mut s).await;
+            });
+        }
+    });
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let text = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\n{}\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{liar_addr}\"]\n",
+        cert_keys(&leaf)
+    );
+    let proxy = Proxy::start(&text).await;
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"h2"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::connect(format!("https://chat.example.com:{}/ws", proxy.addr.port()))
+        .header("sec-websocket-version", "13")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("Sec-WebSocket-Accept"),
+        "{body:?}"
+    );
+    proxy.stop().await;
+}
