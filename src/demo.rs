@@ -387,12 +387,17 @@ $('go').onclick = () => {
   ws = new WebSocket(url(user));
   let first = true;
   ws.onmessage = e => {
-    if (first) { first = false; const g = JSON.parse(e.data); row(user, g.node); log(user + ' is connected to ' + g.node); }
+    if (first) {
+      first = false; const g = JSON.parse(e.data); row(user, g.node); log(user + ' is connected to ' + g.node);
+      if (location.hash === '#connect') ws.send('hello from the browser');
+    }
     else log('echo: ' + e.data);
   };
   ws.onclose = e => log('closed (' + e.code + ')');
 };
 $('send').onclick = () => { if (ws && ws.readyState === 1) ws.send($('msg').value); };
+// Opened as /#connect (e.g. by a headless browser check), connect at once.
+if (location.hash === '#connect') setTimeout(() => $('go').onclick(), 0);
 $('many').onclick = () => {
   for (let i = 1; i <= 12; i++) {
     const user = 'user-' + i, s = new WebSocket(url(user));

@@ -18,7 +18,7 @@
 //! - [`registry`]: every live tunnel by backend and principal, with close handles.
 //!
 //! Edges:
-//! - [`listener`]: accept loops, the HTTP/1.1 server side.
+//! - [`listener`]: accept loops, the TLS handshake, the HTTP/1.1 and HTTP/2 server side.
 //! - [`proxy`]: the request path, forwarding headers, WebSocket tunnels, error responses.
 //! - [`server`]: a running tether (listeners, handler, background tasks) and shutdown.
 //! - [`reload`]: applying a new configuration to a running server.

@@ -77,7 +77,7 @@ impl Flow {
             unflushed: false,
             eof: false,
             done: false,
-            bytes: 0,
+            bytes: prefix.len() as u64,
             frames,
         }
     }
@@ -387,7 +387,7 @@ mod tests {
         // backend's end of stream and no Close frame is added.
         assert_eq!(back, b"hibye");
         let ((up, down), first) = task.await.unwrap();
-        assert_eq!((up, down), (100_000, 3));
+        assert_eq!((up, down), (5 + 100_000, 2 + 3));
         assert_eq!(first, Some(Side::Client));
     }
 

@@ -95,6 +95,7 @@ impl Proxy {
         route: &Route,
         principal: Principal,
     ) -> Result<Response<Body>, ProxyError> {
+        debug!(?flavor, principal = %principal.fingerprint(), "WebSocket requested");
         let client = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
         parts.method = Method::GET;

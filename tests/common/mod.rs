@@ -3,6 +3,9 @@
 //! the behaviour off the wire. No fixed ports, no sleeps as synchronisation.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

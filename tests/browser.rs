@@ -1,0 +1,66 @@
+//! A real browser (headless Chromium, over the DevTools protocol) through tether:
+//! the demo page over https with HTTP/2, a `wss://` WebSocket that reaches its
+//! principal's owner and echoes.
+
+mod common;
+
+use common::browser::Browser;
+use common::pki::Pki;
+use common::*;
+use tether::principal::Principal;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_through_tether_in_headless_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["localhost"]);
+    let nodes = nodes(&["node-a", "node-b", "node-c"]).await;
+    let toml = config(
+        &nodes,
+        r#"principal = ["query:user", "cookie:demo_user"]"#,
+        "",
+    )
+    .replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!(
+            "bind = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            leaf.cert, leaf.key
+        ),
+        1,
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    browser
+        .navigate(&format!("https://localhost:{}/#connect", proxy.addr.port()))
+        .await;
+    let log = browser
+        .wait_for("(t => t.includes('echo:') && t)(document.getElementById('log').textContent)")
+        .await;
+    let log = log.as_str().unwrap().to_owned();
+    assert!(log.contains("echo: hello from the browser"), "{log}");
+    // The user the page picked, and the node it says it reached.
+    let user = browser
+        .eval("document.querySelector('#table td').textContent")
+        .await;
+    let node = browser
+        .eval("document.querySelector('#table td + td').textContent")
+        .await;
+    let snap = proxy.live.load();
+    let owner = snap
+        .upstream("app")
+        .unwrap()
+        .owner(Principal::from_bytes(user.as_str().unwrap().as_bytes()).key())
+        .unwrap();
+    assert_eq!(node.as_str().unwrap(), &*owner.id, "log: {log}");
+    // The page itself came over HTTP/2 (ALPN h2 with a real browser).
+    let protocol = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await;
+    assert_eq!(protocol, "h2");
+    let shot = std::env::temp_dir().join("tether-wss-demo.png");
+    browser.screenshot(&shot).await;
+    eprintln!("screenshot: {}", shot.display());
+    proxy.stop().await;
+}
