@@ -18,7 +18,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -58,6 +58,8 @@ pub struct Node {
     pub addr: SocketAddr,
     life: Life,
     tasks: TaskTracker,
+    /// Where the page links to tether's status page, once known.
+    status: Arc<OnceLock<String>>,
 }
 
 /// A node's two off switches: `freeze` makes it silent (no accepting, no answering)
@@ -88,13 +90,26 @@ impl Node {
         let life = Life::default();
         let tasks = TaskTracker::new();
         let name_arc: Arc<str> = name.into();
-        tasks.spawn(accept(listener, name_arc, life.clone(), tasks.clone()));
+        let status = Arc::new(OnceLock::new());
+        tasks.spawn(accept(
+            listener,
+            name_arc,
+            life.clone(),
+            tasks.clone(),
+            status.clone(),
+        ));
         Ok(Node {
             name: name.to_owned(),
             addr,
             life,
             tasks,
+            status,
         })
+    }
+
+    /// Makes the page link to tether's status page at `url`.
+    pub fn link_status(&self, url: String) {
+        let _ = self.status.set(url);
     }
 
     /// Stops the node the way a crash would look from outside: the listening socket and
@@ -114,7 +129,13 @@ impl Node {
     }
 }
 
-async fn accept(listener: TcpListener, name: Arc<str>, life: Life, tasks: TaskTracker) {
+async fn accept(
+    listener: TcpListener,
+    name: Arc<str>,
+    life: Life,
+    tasks: TaskTracker,
+    status: Arc<OnceLock<String>>,
+) {
     let mut serial = 0u64;
     loop {
         let (stream, _) = tokio::select! {
@@ -131,6 +152,7 @@ async fn accept(listener: TcpListener, name: Arc<str>, life: Life, tasks: TaskTr
             serial,
             life: life.clone(),
             tasks: tasks.clone(),
+            status: status.clone(),
         };
         let life = life.clone();
         tasks.spawn(async move {
@@ -156,6 +178,7 @@ struct Conn {
     serial: u64,
     life: Life,
     tasks: TaskTracker,
+    status: Arc<OnceLock<String>>,
 }
 
 async fn handle(req: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
@@ -172,7 +195,10 @@ async fn handle(req: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
         return upgrade(req, key, name, conn.life, conn.tasks);
     }
     if path == "/" {
-        let mut r = text(StatusCode::OK, page(&name));
+        let mut r = text(
+            StatusCode::OK,
+            page(&name, conn.status.get().map(String::as_str)),
+        );
         r.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
@@ -323,7 +349,7 @@ fn headers_json(h: &HeaderMap) -> Value {
 }
 
 /// The `tether demo` configuration for `nodes` behind a listener on `listen`.
-pub fn config(listen: SocketAddr, nodes: &[Node]) -> String {
+pub fn config(listen: SocketAddr, admin: SocketAddr, nodes: &[Node]) -> String {
     let backends: Vec<String> = nodes
         .iter()
         .map(|n| format!("{{ addr = \"{}\", name = \"{}\" }}", n.addr, n.name))
@@ -341,71 +367,26 @@ fallback = "ip"
 [upstream.demo]
 backends = [{}]
 connect_timeout = "1s"
+
+[upstream.demo.health]
+interval = "500ms"
+
+[admin]
+bind = "{admin}"
 "#,
         backends.join(", ")
     )
 }
 
-fn page(node: &str) -> String {
-    PAGE.replace("{{NODE}}", node)
+fn page(node: &str, status: Option<&str>) -> String {
+    let link = status.map_or(String::new(), |url| {
+        format!("<p>Watch placement and health on tether's <a href=\"{url}\">status page</a>.</p>")
+    });
+    PAGE.replace("{{NODE}}", node).replace("{{STATUS}}", &link)
 }
 
-const PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tether demo</title>
-<style>
-body{font:16px/1.5 system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}
-code,td{font-family:ui-monospace,monospace}
-input{font:inherit;padding:.3rem}button{font:inherit;padding:.3rem .8rem;margin-left:.3rem}
-table{border-collapse:collapse;margin-top:1rem}td,th{border-bottom:1px solid #ddd;padding:.2rem .8rem;text-align:left}
-.node-a{color:#b03a2e}.node-b{color:#1f618d}.node-c{color:#1e8449}
-#log{background:#f6f6f6;padding:.5rem;min-height:3rem;white-space:pre-wrap}
-</style></head><body>
-<h1>tether demo</h1>
-<p>This page came from <b class="{{NODE}}">{{NODE}}</b> (pinned by your <code>demo_user</code> cookie, else your address).
-tether hashes each user name (the <code>user</code> query value of the WebSocket URL) to one of three nodes;
-the same name always lands on the same node, and only a stopped node's users move.</p>
-<p><input id="user" placeholder="user name"><button id="go">Connect</button><button id="many">Connect 12 users</button></p>
-<p><input id="msg" placeholder="message"><button id="send">Send</button></p>
-<div id="log"></div>
-<table id="table"><tr><th>user</th><th>node</th></tr></table>
-<script>
-const $ = id => document.getElementById(id);
-const url = u => (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws?user=' + encodeURIComponent(u);
-let ws;
-function log(s) { $('log').textContent = s + '\n' + $('log').textContent; }
-function row(user, node) {
-  const tr = document.createElement('tr');
-  tr.innerHTML = '<td></td><td></td>';
-  tr.children[0].textContent = user; tr.children[1].textContent = node; tr.children[1].className = node;
-  $('table').appendChild(tr);
-}
-$('user').value = 'user-' + Math.floor(Math.random() * 1000);
-$('go').onclick = () => {
-  if (ws) ws.close();
-  const user = $('user').value;
-  document.cookie = 'demo_user=' + encodeURIComponent(user) + '; path=/';
-  ws = new WebSocket(url(user));
-  let first = true;
-  ws.onmessage = e => {
-    if (first) {
-      first = false; const g = JSON.parse(e.data); row(user, g.node); log(user + ' is connected to ' + g.node);
-      if (location.hash === '#connect') ws.send('hello from the browser');
-    }
-    else log('echo: ' + e.data);
-  };
-  ws.onclose = e => log('closed (' + e.code + ')');
-};
-$('send').onclick = () => { if (ws && ws.readyState === 1) ws.send($('msg').value); };
-// Opened as /#connect (e.g. by a headless browser check), connect at once.
-if (location.hash === '#connect') setTimeout(() => $('go').onclick(), 0);
-$('many').onclick = () => {
-  for (let i = 1; i <= 12; i++) {
-    const user = 'user-' + i, s = new WebSocket(url(user));
-    s.onmessage = e => { row(user, JSON.parse(e.data).node); s.close(); };
-  }
-};
-</script></body></html>
-"#;
+/// The page a node serves at `/`; `{{NODE}}` and `{{STATUS}}` are filled in.
+const PAGE: &str = include_str!("demo_page.html");
 
 #[cfg(test)]
 mod tests {
@@ -418,8 +399,13 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             life: Life::default(),
             tasks: TaskTracker::new(),
+            status: Arc::new(OnceLock::new()),
         }];
-        let text = config("127.0.0.1:8080".parse().unwrap(), &nodes);
+        let text = config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:9090".parse().unwrap(),
+            &nodes,
+        );
         let c = crate::config::Config::parse(&text, "demo").unwrap();
         assert_eq!(c.upstreams[0].backends[0].id, "node-a");
     }

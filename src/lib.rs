@@ -16,8 +16,10 @@
 //! - [`upstream`]: backends as a snapshot sees them and the eligibility walk; `health`
 //!   is the pure up/down counter and the state that outlives a reload.
 //! - [`registry`]: every live tunnel by backend and principal, with close handles.
+//! - [`metrics`]: every exported metric, by name.
 //!
 //! Edges:
+//! - [`admin`]: the admin listener: metrics, health, the owner API, the status page.
 //! - [`listener`]: accept loops, the TLS handshake, the HTTP/1.1 and HTTP/2 server side.
 //! - [`proxy`]: the request path, forwarding headers, WebSocket tunnels, error responses.
 //! - [`server`]: a running tether (listeners, handler, background tasks) and shutdown.
@@ -33,10 +35,12 @@
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod listener;
+pub mod metrics;
 pub mod principal;
 pub mod probe;
 pub mod proxy;

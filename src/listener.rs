@@ -36,13 +36,32 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// up by that key in the current snapshot, so a test may bind port 0).
 #[derive(Debug)]
 pub struct Listener {
+    pub kind: Kind,
     pub bind: SocketAddr,
     pub socket: TcpListener,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Client traffic: a `[[listener]]`.
+    Traffic,
+    /// Metrics, status and the owner API: `[admin]`.
+    Admin,
+}
+
 impl Listener {
+    /// A traffic listener.
     pub fn new(bind: SocketAddr, socket: TcpListener) -> Listener {
-        Listener { bind, socket }
+        Listener {
+            kind: Kind::Traffic,
+            bind,
+            socket,
+        }
+    }
+
+    pub fn with_kind(kind: Kind, bind: SocketAddr, socket: TcpListener) -> Listener {
+        Listener { kind, bind, socket }
     }
 }
 
@@ -102,7 +121,7 @@ pub fn configure(stream: &TcpStream) {
 
 /// What a connection takes from its listener's configuration at accept time (a reload
 /// applies to connections accepted after it).
-struct Settings {
+pub(crate) struct Settings {
     max_header_bytes: usize,
     header_timeout: Duration,
     redirect_https: Option<u16>,
@@ -110,6 +129,16 @@ struct Settings {
 }
 
 impl Settings {
+    /// Plain HTTP/1.1 with default limits: the admin listener.
+    pub(crate) fn plain() -> Settings {
+        Settings {
+            max_header_bytes: 32 * 1024,
+            header_timeout: Duration::from_secs(30),
+            redirect_https: None,
+            tls: None,
+        }
+    }
+
     fn of(live: &Live, bind: SocketAddr) -> Option<Settings> {
         let snap = live.load();
         let l = snap.listener(bind)?;
@@ -130,7 +159,6 @@ async fn serve(
     proxy: Arc<Proxy>,
     token: CancellationToken,
 ) {
-    let peer = info.peer;
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
@@ -148,8 +176,8 @@ async fn serve(
         Ok(Ok(s)) => s,
         // A failed handshake (plain HTTP, an unknown CA, garbage) costs only this
         // connection and is not an operator's problem: debug level.
-        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return debug!("TLS handshake timed out"),
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         http2(TokioIo::new(stream), &settings, service, token).await
@@ -158,7 +186,7 @@ async fn serve(
     }
 }
 
-async fn http1<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
+pub(crate) async fn http1<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,

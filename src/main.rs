@@ -19,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use tether::config::{Config, summary};
 use tether::demo::{self, Node};
+use tether::listener::Kind;
 use tether::principal::Principal;
 use tether::{Listener, Live, Server};
 
@@ -39,6 +40,9 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "conf/tether.toml")]
         config: PathBuf,
+        /// Log as JSON lines (also `[log] format = "json"` in the config).
+        #[arg(long)]
+        log_json: bool,
     },
     /// Validate a configuration and print a summary; on error print file:line:col and exit 1.
     Check {
@@ -63,13 +67,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Owner {
@@ -77,8 +74,16 @@ fn main() -> ExitCode {
             upstream,
             key,
         } => owner(&config, &upstream, &key),
-        Command::Run { config } => runtime().and_then(|rt| rt.block_on(serve(&config))),
-        Command::Demo { listen } => runtime().and_then(|rt| rt.block_on(demo(listen))),
+        Command::Run { config, log_json } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|loaded| {
+                logging(log_json || loaded.log_json);
+                runtime()?.block_on(serve(&config, loaded))
+            }),
+        Command::Demo { listen } => {
+            logging(false);
+            runtime().and_then(|rt| rt.block_on(demo(listen)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +91,20 @@ fn main() -> ExitCode {
             eprintln!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, text or JSON lines; the level comes from `RUST_LOG` (default
+/// `info`). Access events are at info level on target `tether::access`.
+fn logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
@@ -120,11 +139,10 @@ fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
-async fn serve(path: &Path) -> Result<()> {
-    let config = Config::load(path)?;
+async fn serve(path: &Path, config: Config) -> Result<()> {
     // Before anything slow: from here on SIGHUP reloads instead of killing us.
     let mut signals = Signals::new()?;
-    let listeners = bind(config.listeners.iter().map(|l| l.bind)).await?;
+    let listeners = bind(tether::reload::binds(&config)).await?;
     let server = Server::start(Arc::new(Live::new(&config)), listeners);
     info!(config = %path.display(), "tether started");
     notify(&[NotifyState::Ready]);
@@ -160,13 +178,17 @@ async fn serve(path: &Path) -> Result<()> {
 /// that cannot bind) the running configuration stays and the error is logged.
 async fn reload(server: &Server, path: &Path) {
     let keep = "reload failed; the running configuration stays";
+    let failed = |why: String| {
+        error!("{keep}: {why}");
+        server.reload_failed(&why);
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return error!("{keep}: {e}"),
+        Err(e) => return failed(e.to_string()),
     };
     let fresh = match bind(tether::reload::binds_to_open(&server.listening(), &config)).await {
         Ok(l) => l,
-        Err(e) => return error!("{keep}: {e:#}"),
+        Err(e) => return failed(format!("{e:#}")),
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");
@@ -216,25 +238,39 @@ impl Signals {
 }
 
 async fn demo(listen: SocketAddr) -> Result<()> {
+    let mut signals = Signals::new()?;
+    let traffic = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // The admin listener on 9090 if it is free, else anywhere.
+    let admin = match TcpListener::bind(DEMO_ADMIN).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot open the admin listener")?,
+    };
+    let (local, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        nodes.push(
-            Node::start(name)
-                .await
-                .context("cannot start a demo node")?,
-        );
+        let node = Node::start(name)
+            .await
+            .context("cannot start a demo node")?;
+        node.link_status(format!("http://{admin_addr}/status"));
+        nodes.push(node);
     }
-    let text = demo::config(listen, &nodes);
+    let text = demo::config(listen, admin_addr, &nodes);
     let config = Config::parse(&text, "demo")?;
-    let mut signals = Signals::new()?;
-    let listeners = bind([listen]).await?;
-    let local = listeners[0].socket.local_addr()?;
+    let listeners = vec![
+        Listener::new(listen, traffic),
+        Listener::with_kind(Kind::Admin, admin_addr, admin),
+    ];
     println!("tether demo: three nodes behind tether, placed by user name.\n");
     for n in &nodes {
         println!("  {}  http://{}", n.name, n.addr);
     }
     println!("\nOpen http://{local}/ in a browser, or try:");
     println!("  curl -s 'http://{local}/info?user=alice'   (always the same node for alice)");
+    println!("Status page: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics");
     println!("\nThe configuration in use:\n\n{text}");
     println!("Ctrl-C stops it.");
     let live = Arc::new(Live::new(&config));
@@ -245,13 +281,15 @@ async fn demo(listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-async fn bind(binds: impl IntoIterator<Item = SocketAddr>) -> Result<Vec<Listener>> {
+const DEMO_ADMIN: &str = "127.0.0.1:9090";
+
+async fn bind(binds: impl IntoIterator<Item = (Kind, SocketAddr)>) -> Result<Vec<Listener>> {
     let mut out = Vec::new();
-    for bind in binds {
+    for (kind, bind) in binds {
         let socket = TcpListener::bind(bind)
             .await
             .with_context(|| format!("cannot listen on {bind}"))?;
-        out.push(Listener::new(bind, socket));
+        out.push(Listener::with_kind(kind, bind, socket));
     }
     Ok(out)
 }

@@ -27,6 +27,7 @@ use crate::upstream::health::{Health, Transition, now_ms};
 pub fn on_transition(live: &Live, backend: &Backend, t: Transition) {
     if t.up {
         info!(backend = %backend.id, addr = %backend.addr, reason = %t.reason, "backend up");
+        live.event(format!("{} is up: {}", backend.id, t.reason));
         live.poke_rebalancer();
     } else {
         let closed = live
@@ -39,6 +40,10 @@ pub fn on_transition(live: &Live, backend: &Backend, t: Transition) {
             tunnels_closed = closed,
             "backend down; closing its tunnels"
         );
+        live.event(format!(
+            "{} is down ({closed} tunnels closed): {}",
+            backend.id, t.reason
+        ));
     }
 }
 
@@ -74,7 +79,7 @@ pub async fn run(live: Arc<Live>, stop: CancellationToken) {
                     () = stop.cancelled() => return,
                 }
             }
-            if !drain(scan.misplaced, &stop).await {
+            if !drain(&live, scan.misplaced, &stop).await {
                 return;
             }
         }
@@ -125,7 +130,7 @@ fn scan(snap: &Snapshot, live: &Live) -> Scan {
 }
 
 /// Closes `misplaced` tunnels, each upstream at its rate. False if stopped.
-async fn drain(misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
+async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
     let mut closed = 0usize;
     let total = misplaced.len();
     for m in misplaced {
@@ -145,5 +150,8 @@ async fn drain(misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
         found = total,
         "rebalanced misplaced tunnels back to their owners"
     );
+    live.event(format!(
+        "rebalanced {closed} misplaced tunnels back to their owners"
+    ));
     true
 }

@@ -111,6 +111,8 @@ pub struct BackendKey {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub upstream: Arc<str>,
+    /// The route label, for metrics.
+    pub route: Arc<str>,
     pub backend: BackendKey,
     /// The principal's placement key.
     pub key: u64,
@@ -176,6 +178,7 @@ impl Registry {
     pub fn register(
         self: &Arc<Self>,
         upstream: Arc<str>,
+        route: Arc<str>,
         backend: BackendKey,
         key: u64,
     ) -> Registration {
@@ -185,6 +188,7 @@ impl Registry {
         let id = inner.next_id;
         let entry = Entry {
             upstream: upstream.clone(),
+            route,
             backend: backend.clone(),
             key,
             ctl: ctl.clone(),
@@ -278,9 +282,9 @@ mod tests {
     fn close_backend_touches_only_that_backend() {
         let r = Arc::new(Registry::default());
         let up: Arc<str> = "app".into();
-        let a1 = r.register(up.clone(), key("a"), 1);
-        let a2 = r.register(up.clone(), key("a"), 2);
-        let b1 = r.register(up.clone(), key("b"), 3);
+        let a1 = r.register(up.clone(), "r".into(), key("a"), 1);
+        let a2 = r.register(up.clone(), "r".into(), key("a"), 2);
+        let b1 = r.register(up.clone(), "r".into(), key("b"), 3);
         assert_eq!(r.close_backend(&key("a"), CloseReason::BackendDown), 2);
         assert_eq!(a1.ctl.reason(), Some(CloseReason::BackendDown));
         assert_eq!(a2.ctl.reason(), Some(CloseReason::BackendDown));
@@ -294,9 +298,9 @@ mod tests {
     fn counts_follow_registrations() {
         let r = Arc::new(Registry::default());
         let (app, other): (Arc<str>, Arc<str>) = ("app".into(), "other".into());
-        let t1 = r.register(app.clone(), key("a"), 1);
-        let t2 = r.register(app.clone(), key("a"), 2);
-        let t3 = r.register(other.clone(), key("a"), 3);
+        let t1 = r.register(app.clone(), "r".into(), key("a"), 1);
+        let t2 = r.register(app.clone(), "r".into(), key("a"), 2);
+        let t3 = r.register(other.clone(), "r".into(), key("a"), 3);
         assert_eq!(
             (
                 r.load(&app, &key("a")),

@@ -17,18 +17,25 @@ use std::net::SocketAddr;
 use tracing::info;
 
 use crate::config::Config;
-use crate::listener::Listener;
+use crate::listener::{Kind, Listener};
+use crate::metrics::ResultLabels;
 use crate::registry::{CloseReason, Entry};
 use crate::server::Server;
 use crate::snapshot::{Live, Snapshot};
 
-/// The binds `config` has that are not open yet: the sockets the caller must bind
+/// Every listener `config` asks for: traffic listeners and the admin listener.
+pub fn binds(config: &Config) -> Vec<(Kind, SocketAddr)> {
+    let traffic = config.listeners.iter().map(|l| (Kind::Traffic, l.bind));
+    traffic
+        .chain(config.admin.iter().map(|a| (Kind::Admin, a.bind)))
+        .collect()
+}
+
+/// The listeners `config` has that are not open yet: the sockets the caller must bind
 /// before [`Server::reload`].
-pub fn binds_to_open(open: &[SocketAddr], config: &Config) -> Vec<SocketAddr> {
-    config
-        .listeners
-        .iter()
-        .map(|l| l.bind)
+pub fn binds_to_open(open: &[(Kind, SocketAddr)], config: &Config) -> Vec<(Kind, SocketAddr)> {
+    binds(config)
+        .into_iter()
         .filter(|b| !open.contains(b))
         .collect()
 }
@@ -41,12 +48,18 @@ impl Server {
             self.listen(l);
         }
         self.live.replace(config);
-        let keep: HashSet<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        for bind in self.listening() {
-            if !keep.contains(&bind) {
-                self.unlisten(bind);
+        let keep: HashSet<(Kind, SocketAddr)> = binds(config).into_iter().collect();
+        for key in self.listening() {
+            if !keep.contains(&key) {
+                self.unlisten(key);
             }
         }
+        self.live
+            .metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        self.live.event("configuration reloaded".into());
         let removed = removed_tunnels(&self.live);
         if !removed.is_empty() {
             let grace = config.removal_grace;
@@ -63,6 +76,18 @@ impl Server {
                 }
             });
         }
+    }
+}
+
+impl Server {
+    /// Records a reload that was refused (`why` says so, with the position).
+    pub fn reload_failed(&self, why: &str) {
+        self.live
+            .metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "error" })
+            .inc();
+        self.live.event(format!("reload failed: {why}"));
     }
 }
 
@@ -99,13 +124,21 @@ mod tests {
     fn only_new_binds_are_opened() {
         let text = "[[listener]]\nbind = \"127.0.0.1:1\"\n[[listener]]\nbind = \"127.0.0.1:2\"\n";
         let config = Config::parse(text, "t").unwrap();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         let open = [
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:3".parse().unwrap(),
+            (Kind::Traffic, a("127.0.0.1:1")),
+            (Kind::Traffic, a("127.0.0.1:3")),
         ];
         assert_eq!(
             binds_to_open(&open, &config),
-            ["127.0.0.1:2".parse::<SocketAddr>().unwrap()]
+            [(Kind::Traffic, a("127.0.0.1:2"))]
         );
+        let with_admin =
+            Config::parse(&format!("{text}[admin]\nbind = \"127.0.0.1:3\"\n"), "t").unwrap();
+        let want = [
+            (Kind::Traffic, a("127.0.0.1:2")),
+            (Kind::Admin, a("127.0.0.1:3")),
+        ];
+        assert_eq!(binds_to_open(&open, &with_admin), want);
     }
 }

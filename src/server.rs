@@ -11,20 +11,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::listener::{self, Listener};
+use crate::listener::{self, Kind, Listener};
 use crate::proxy::Proxy;
 use crate::registry::CloseReason;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
-use crate::{probe, rebalance};
+use crate::{admin, probe, rebalance};
 
 #[derive(Debug)]
 pub struct Server {
     pub(crate) live: Arc<Live>,
     pub(crate) tasks: Shutdown,
     proxy: Arc<Proxy>,
-    /// Open listeners by configured bind, with the token that closes each.
-    listeners: Mutex<HashMap<SocketAddr, CancellationToken>>,
+    /// Open listeners by kind and configured bind, with the token that closes each.
+    listeners: Mutex<HashMap<(Kind, SocketAddr), CancellationToken>>,
     /// Stops the probes, the rebalancer and pending removals.
     pub(crate) background: CancellationToken,
 }
@@ -54,27 +54,33 @@ impl Server {
         &self.live
     }
 
-    /// The configured binds of the open listeners.
-    pub fn listening(&self) -> Vec<SocketAddr> {
+    /// The open listeners: their kinds and configured binds.
+    pub fn listening(&self) -> Vec<(Kind, SocketAddr)> {
         self.listeners().keys().copied().collect()
     }
 
     pub(crate) fn listen(&self, l: Listener) {
         let stop = self.tasks.token().child_token();
-        self.listeners().insert(l.bind, stop.clone());
-        let (proxy, live, tasks) = (self.proxy.clone(), self.live.clone(), self.tasks.clone());
-        self.tasks
-            .spawn(listener::accept_loop(l, proxy, live, tasks, stop));
+        self.listeners().insert((l.kind, l.bind), stop.clone());
+        let (live, tasks) = (self.live.clone(), self.tasks.clone());
+        match l.kind {
+            Kind::Traffic => {
+                let proxy = self.proxy.clone();
+                self.tasks
+                    .spawn(listener::accept_loop(l, proxy, live, tasks, stop));
+            }
+            Kind::Admin => self.tasks.spawn(admin::accept_loop(l, live, tasks, stop)),
+        }
     }
 
-    /// Closes the listener configured with `bind` (its connections carry on).
-    pub(crate) fn unlisten(&self, bind: SocketAddr) {
-        if let Some(stop) = self.listeners().remove(&bind) {
+    /// Closes the listener `key` (its connections carry on).
+    pub(crate) fn unlisten(&self, key: (Kind, SocketAddr)) {
+        if let Some(stop) = self.listeners().remove(&key) {
             stop.cancel();
         }
     }
 
-    fn listeners(&self) -> MutexGuard<'_, HashMap<SocketAddr, CancellationToken>> {
+    fn listeners(&self) -> MutexGuard<'_, HashMap<(Kind, SocketAddr), CancellationToken>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -7,14 +7,16 @@
 //! survive a swap (backend health) lives in the [`HealthTable`], keyed by backend id,
 //! and each snapshot holds `Arc`s into it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{AdminConfig, Config, ListenerConfig};
+use crate::metrics::Metrics;
 use crate::principal::{Fallback, Source};
 use crate::registry::Registry;
 use crate::route::Router;
@@ -29,6 +31,7 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub drain_timeout: Duration,
     pub removal_grace: Duration,
+    pub admin: Option<AdminConfig>,
 }
 
 /// What a matched route decides.
@@ -75,6 +78,7 @@ impl Snapshot {
                 .collect(),
             drain_timeout: config.drain_timeout,
             removal_grace: config.removal_grace,
+            admin: config.admin.clone(),
         }
     }
 
@@ -99,7 +103,21 @@ pub struct Live {
     generation: watch::Sender<u64>,
     /// Poked when placement may have changed in a way that misplaces tunnels.
     rebalance: Notify,
+    pub metrics: Metrics,
+    /// Recent notable events (transitions, reloads, drains), newest last.
+    events: Mutex<VecDeque<Event>>,
 }
+
+/// Something an operator should see on the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// How many events the status page keeps.
+const EVENTS_KEPT: usize = 50;
 
 impl Live {
     pub fn new(config: &Config) -> Live {
@@ -111,7 +129,27 @@ impl Live {
             registry: Arc::new(Registry::default()),
             generation: watch::Sender::new(0),
             rebalance: Notify::new(),
+            metrics: Metrics::new(),
+            events: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Records an event for the status page (the caller logs it too).
+    pub fn event(&self, text: String) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event { at_ms, text });
+    }
+
+    /// Recent events, newest first.
+    pub fn events(&self) -> Vec<Event> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().rev().cloned().collect()
     }
 
     /// A receiver that sees every swap.

@@ -119,7 +119,25 @@ async fn demo_starts_three_nodes_behind_tether() {
     }
     let (status, _, page) = http(addr, get("localhost", "/", &[])).await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&page).contains("tether demo"));
+    let page = String::from_utf8_lossy(&page).into_owned();
+    assert!(page.contains("tether demo"));
+    // The page links to tether's status page, which answers.
+    let status_url = page
+        .split("href=\"http://")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (admin, path) = status_url.split_once('/').unwrap();
+    let (status, _, body) = http(
+        admin.parse().unwrap(),
+        get("localhost", &format!("/{path}"), &[]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("tether status"));
     bin.signal("INT");
     assert!(bin.wait_exit().success());
 }

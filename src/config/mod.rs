@@ -39,6 +39,8 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_ADMIN_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 
 /// The validated configuration. Built only by [`Config::parse`] / [`Config::load`].
 #[derive(Debug, Clone)]
@@ -52,6 +54,18 @@ pub struct Config {
     /// After a reload removes a backend, how long its tunnels may stay before they are
     /// closed with 1001.
     pub removal_grace: Duration,
+    /// The admin listener (metrics, status), if configured.
+    pub admin: Option<AdminConfig>,
+    /// Logs as JSON lines instead of text (read at start; a reload does not change it).
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// Required as `Authorization: Bearer …` (or `?token=`) on every endpoint but
+    /// `/healthz` and `/readyz`; mandatory when `bind` is not a loopback address.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,13 +192,57 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         routes.push(route);
     }
 
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => Some(build_admin(a, &listeners)?),
+    };
+    let log_json = match raw.log.and_then(|l| l.format) {
+        None => false,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => false,
+            "json" => true,
+            _ => return invalid(f.span(), "`format` is \"text\" or \"json\""),
+        },
+    };
     Ok(Config {
         listeners,
         routes,
         upstreams,
         drain_timeout: duration_or(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT)?,
         removal_grace: duration_or(raw.removal_grace, DEFAULT_REMOVAL_GRACE)?,
+        admin,
+        log_json,
     })
+}
+
+fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminConfig, Invalid> {
+    let bind = match &a.bind {
+        None => DEFAULT_ADMIN_BIND,
+        Some(b) => match b.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => return invalid(b.span(), "`bind` must be IP:port, e.g. \"127.0.0.1:9090\""),
+        },
+    };
+    if let (Some(b), true) = (&a.bind, listeners.iter().any(|l| l.bind == bind)) {
+        return invalid(
+            b.span(),
+            "the admin listener cannot share a traffic listener's address",
+        );
+    }
+    let token = a.token.as_ref().map(|t| t.get_ref().clone());
+    if let Some(t) = &a.token {
+        if t.get_ref().len() < 16 {
+            return invalid(t.span(), "an admin `token` needs at least 16 characters");
+        }
+    }
+    if token.is_none() && !bind.ip().is_loopback() {
+        let span = a.bind.as_ref().map_or(0..0, |b| b.span());
+        return invalid(
+            span,
+            "an admin listener on a non-loopback address needs a `token`",
+        );
+    }
+    Ok(AdminConfig { bind, token })
 }
 
 fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
@@ -477,6 +535,30 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn admin_needs_a_token_off_loopback() {
+        let admin = |t: &str| Config::parse(&format!("{GOOD}\n[admin]\n{t}\n"), "t.toml");
+        assert_eq!(admin("").unwrap().admin.unwrap().bind, DEFAULT_ADMIN_BIND);
+        let e = admin("bind = \"0.0.0.0:9090\"").unwrap_err().to_string();
+        assert!(e.contains("needs a `token`"), "{e}");
+        let ok = admin("bind = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"").unwrap();
+        assert_eq!(ok.admin.unwrap().token.as_deref(), Some("0123456789abcdef"));
+        assert!(
+            admin("token = \"short\"")
+                .unwrap_err()
+                .to_string()
+                .contains("16 characters")
+        );
+        assert!(
+            admin("bind = \"127.0.0.1:8080\"")
+                .unwrap_err()
+                .to_string()
+                .contains("share")
+        );
+        let json = Config::parse(&format!("{GOOD}\n[log]\nformat = \"json\"\n"), "t").unwrap();
+        assert!(json.log_json);
     }
 
     #[test]

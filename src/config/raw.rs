@@ -23,6 +23,21 @@ pub struct RawConfig {
     pub upstream: BTreeMap<Spanned<String>, RawUpstream>,
     pub drain_timeout: Option<Spanned<String>>,
     pub removal_grace: Option<Spanned<String>>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

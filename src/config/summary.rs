@@ -26,6 +26,14 @@ pub fn summary(c: &Config) -> String {
             }
         );
     }
+    if let Some(a) = &c.admin {
+        let token = if a.token.is_some() {
+            "token required"
+        } else {
+            "no token"
+        };
+        let _ = writeln!(s, "admin:\n  {}  ({token})", a.bind);
+    }
     let _ = writeln!(s, "routes:");
     for r in &c.routes {
         let host = r.host.as_ref().map_or("*".to_owned(), |h| h.to_string());

@@ -22,6 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::frames::{FrameTracker, close_frame};
@@ -63,6 +64,8 @@ struct Flow {
     /// EOF has been passed on as a shutdown of the destination's write half.
     done: bool,
     bytes: u64,
+    /// The process-wide counter for this direction (`tether_tunnel_bytes`).
+    meter: Counter,
     frames: FrameTracker,
 }
 
@@ -78,6 +81,7 @@ impl Flow {
             eof: false,
             done: false,
             bytes: prefix.len() as u64,
+            meter: Counter::default(),
             frames,
         }
     }
@@ -104,6 +108,8 @@ pub struct Pump<C, B> {
     down: Flow,
     last_activity: Instant,
     first_eof: Option<Side>,
+    /// The side that sent the first WebSocket Close frame: who started the closing.
+    first_close: Option<Side>,
 }
 
 impl<C, B> Pump<C, B>
@@ -121,7 +127,17 @@ where
             down: Flow::new(Side::Backend, backend_prefix),
             last_activity: Instant::now(),
             first_eof: None,
+            first_close: None,
         }
+    }
+
+    /// Counts the bytes of each direction also into `up` and `down`.
+    pub fn metered(mut self, up: Counter, down: Counter) -> Self {
+        up.inc_by(self.up.bytes);
+        down.inc_by(self.down.bytes);
+        self.up.meter = up;
+        self.down.meter = down;
+        self
     }
 
     /// Ready when both directions have finished, or at the first I/O error.
@@ -139,6 +155,9 @@ where
         if self.up.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Client);
         }
+        if self.up.frames.saw_close() && self.first_close.is_none() {
+            self.first_close = Some(Side::Client);
+        }
         let down = flow(
             cx,
             &mut self.backend,
@@ -152,6 +171,9 @@ where
         if self.down.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Backend);
         }
+        if self.down.frames.saw_close() && self.first_close.is_none() {
+            self.first_close = Some(Side::Backend);
+        }
         if up.is_ready() && down.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -164,9 +186,11 @@ where
         self.last_activity
     }
 
-    /// The side that finished sending first, if any has.
-    pub fn first_eof(&self) -> Option<Side> {
-        self.first_eof
+    /// Who ended the conversation: the side that sent the first Close frame, else the
+    /// side that finished sending first (a WebSocket server closes TCP first even when
+    /// the client started the closing handshake).
+    pub fn closed_by(&self) -> Option<Side> {
+        self.first_close.or(self.first_eof)
     }
 
     /// Bytes copied client → backend and backend → client.
@@ -316,6 +340,7 @@ where
         }
         f.frames.feed(&buf[..n]);
         f.bytes += n as u64;
+        f.meter.inc_by(n as u64);
         *activity = Instant::now();
         let mut off = 0;
         while off < n {
@@ -358,11 +383,11 @@ mod tests {
             client,
             Bytes::from_static(b"early"),
             backend,
-            Bytes::from_static(b"hi"),
+            Bytes::from_static(b"ok"),
         );
         let task = tokio::spawn(async move {
             poll_fn(|cx| pump.poll(cx)).await.unwrap();
-            (pump.totals(), pump.first_eof())
+            (pump.totals(), pump.closed_by())
         });
 
         // Larger than both pipes, so partial writes and the pending buffer are used.
@@ -383,9 +408,9 @@ mod tests {
         backend_peer.write_all(b"bye").await.unwrap();
         drop(backend_peer);
         let back = writer.await.unwrap();
-        // "hi" and "bye" are not WebSocket frames, so the tracker is mid-frame at the
-        // backend's end of stream and no Close frame is added.
-        assert_eq!(back, b"hibye");
+        // "ok" and "bye" are not WebSocket frames (they read as a frame header with a
+        // long payload), so the stream ends mid-frame and no Close frame is added.
+        assert_eq!(back, b"okbye");
         let ((up, down), first) = task.await.unwrap();
         assert_eq!((up, down), (5 + 100_000, 2 + 3));
         assert_eq!(first, Some(Side::Client));

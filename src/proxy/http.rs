@@ -8,7 +8,7 @@ use tracing::debug;
 
 use super::body::RetryBody;
 use super::error::{ProxyError, chain};
-use super::{Body, Proxy, no_backend, relay};
+use super::{Access, Body, Proxy, no_backend, relay};
 use crate::config::human;
 use crate::principal::Principal;
 use crate::upstream::Upstream;
@@ -20,6 +20,7 @@ impl Proxy {
         req: Request<Incoming>,
         upstream: &Upstream,
         principal: Principal,
+        access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = req.into_parts();
         let body = RetryBody::new(body);
@@ -60,6 +61,7 @@ impl Proxy {
                 }
             }
         };
+        access.backend = Some(backend.id.clone());
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
         Ok(relay(resp))
     }

@@ -31,20 +31,35 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{Forwarding, client_ip, is_trusted, join_cookies, set_forwarding, strip_hop_by_hop};
 
-use crate::principal::{self, Fallback, Principal};
+use crate::metrics::{BackendLabels, RequestLabels};
+use crate::principal::{self, Fallback, Fingerprint, Principal};
 use crate::rebalance::on_transition;
 use crate::route::host_name;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 use crate::upstream::{Backend, Upstream};
+
+/// What the access log and the request metrics learn about a request as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Access {
+    route: Option<Arc<str>>,
+    backend: Option<Arc<str>>,
+    principal: Option<Fingerprint>,
+    websocket: bool,
+}
+
+fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
 
 /// Response body: a backend's streamed body, or one tether wrote itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -77,10 +92,14 @@ impl Proxy {
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let mut resp = match self.forward(req, conn).await {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let bytes_up = content_length(req.headers());
+        let mut access = Access::default();
+        let mut resp = match self.forward(req, conn, &mut access).await {
             Ok(resp) => resp,
             Err(e) => {
-                debug!(peer = %conn.peer, error = %chain(&e), "request failed");
+                debug!(error = %chain(&e), "request failed");
                 e.response()
             }
         };
@@ -89,15 +108,62 @@ impl Proxy {
                 .entry(STRICT_TRANSPORT_SECURITY)
                 .or_insert_with(|| hsts.clone());
         }
+        self.account(
+            &access,
+            &method,
+            resp.status(),
+            bytes_up,
+            content_length(resp.headers()),
+            started,
+        );
         resp
+    }
+
+    /// One access event per request (never the path or query: they may hold the
+    /// principal), and the request counter for plain HTTP.
+    fn account(
+        &self,
+        a: &Access,
+        method: &Method,
+        status: StatusCode,
+        up: Option<u64>,
+        down: Option<u64>,
+        started: Instant,
+    ) {
+        let route = a.route.as_deref().unwrap_or("-");
+        let backend = a.backend.as_deref().unwrap_or("-");
+        info!(
+            target: "tether::access",
+            kind = if a.websocket { "upgrade" } else { "http" },
+            %method,
+            route,
+            backend,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_up = up,
+            bytes_down = down,
+            principal = a.principal.map(tracing::field::display),
+            "request"
+        );
+        if !a.websocket {
+            let class = format!("{}xx", status.as_u16() / 100);
+            let labels = RequestLabels {
+                route: route.to_owned(),
+                backend: backend.to_owned(),
+                class,
+            };
+            self.live.metrics.requests.get_or_create(&labels).inc();
+        }
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
+        access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let websocket = websocket::flavor(&req);
+        access.websocket = websocket.is_some();
         if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(ProxyError::Connect);
         }
@@ -114,6 +180,7 @@ impl Proxy {
             .routes
             .find(host_str.map(host_name), req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
+        access.route = Some(route.label.clone());
         let upstream = &snap.upstreams[route.upstream];
 
         let trusted = snap
@@ -135,6 +202,7 @@ impl Proxy {
             },
         };
 
+        access.principal = Some(principal.fingerprint());
         let forwarding = Forwarding {
             peer,
             client,
@@ -151,8 +219,11 @@ impl Proxy {
         }
 
         match websocket {
-            Some(flavor) => self.upgrade(req, flavor, upstream, route, principal).await,
-            None => self.http(req, upstream, principal).await,
+            Some(flavor) => {
+                self.upgrade(req, flavor, upstream, route, principal, access)
+                    .await
+            }
+            None => self.http(req, upstream, principal, access).await,
         }
     }
 
@@ -160,6 +231,15 @@ impl Proxy {
     /// backend's health, and act if that takes it down.
     fn passive_failure(&self, upstream: &Upstream, b: &Backend, detail: &str) {
         warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic; trying the next");
+        let labels = BackendLabels {
+            upstream: upstream.name.to_string(),
+            backend: b.id.to_string(),
+        };
+        self.live
+            .metrics
+            .backend_failures
+            .get_or_create(&labels)
+            .inc();
         if let Some(t) = b
             .health
             .passive_failure(&upstream.config.health.thresholds, detail)

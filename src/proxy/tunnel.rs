@@ -11,11 +11,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::copy::{Failed, Pump, Side};
+#[cfg(doc)]
+use crate::metrics::CLOSE_REASONS;
+use crate::metrics::ReasonLabels;
 use crate::principal::Fingerprint;
 use crate::registry::{CloseReason, Registration};
 
@@ -26,6 +31,10 @@ pub struct TunnelInfo {
     pub backend: Arc<str>,
     pub principal: Fingerprint,
     pub idle_timeout: Option<Duration>,
+    /// `tether_tunnel_bytes` up and down, and `tether_tunnels_closed`.
+    pub bytes_up: Counter,
+    pub bytes_down: Counter,
+    pub closes: Family<ReasonLabels, Counter>,
 }
 
 /// How long a closing tunnel waits for its peers to close after its Close frames.
@@ -60,6 +69,25 @@ impl Closed {
             Closed::Failed(Failed {
                 side: Side::Client, ..
             }) => (None, Some(1001)),
+        }
+    }
+}
+
+impl Closed {
+    /// The `reason` label of `tether_tunnels_closed` (one of [`CLOSE_REASONS`]).
+    fn label(&self) -> &'static str {
+        match self {
+            Closed::By(Side::Client) => "client",
+            Closed::By(Side::Backend) => "backend",
+            Closed::Idle => "idle",
+            Closed::Told(r) => r.as_str(),
+            Closed::Failed(Failed {
+                side: Side::Client, ..
+            }) => "client-error",
+            Closed::Failed(Failed {
+                side: Side::Backend,
+                ..
+            }) => "backend-error",
         }
     }
 }
@@ -113,11 +141,13 @@ pub(super) async fn splice(
                 parts.read_buf,
                 backend,
                 backend_prefix,
-            );
+            )
+            .metered(info.bytes_up.clone(), info.bytes_down.clone());
             run(pump, info, registration).await;
         }
         Err(client) => {
-            let pump = Pump::new(TokioIo::new(client), Bytes::new(), backend, backend_prefix);
+            let pump = Pump::new(TokioIo::new(client), Bytes::new(), backend, backend_prefix)
+                .metered(info.bytes_up.clone(), info.bytes_down.clone());
             run(pump, info, registration).await;
         }
     }
@@ -135,7 +165,7 @@ where
             .map(|d| Instant::from_std(pump.last_activity()) + d);
         tokio::select! {
             r = poll_fn(|cx| pump.poll(cx)) => break match r {
-                Ok(()) => Closed::By(pump.first_eof().unwrap_or(Side::Client)),
+                Ok(()) => Closed::By(pump.closed_by().unwrap_or(Side::Client)),
                 Err(e) => Closed::Failed(e),
             },
             () = sleep_or_never(deadline) => {
@@ -154,13 +184,20 @@ where
         pump.close(to_client, to_backend, CLOSE_LINGER).await;
     }
     let (up, down) = pump.totals();
-    debug!(
+    info.closes
+        .get_or_create(&ReasonLabels {
+            reason: closed.label().to_owned(),
+        })
+        .inc();
+    info!(
+        target: "tether::access",
+        kind = "tunnel",
         route = %info.route,
         backend = %info.backend,
         principal = %info.principal,
         reason = %closed,
-        up,
-        down,
+        bytes_up = up,
+        bytes_down = down,
         duration_ms = started.elapsed().as_millis() as u64,
         "tunnel closed"
     );
@@ -170,5 +207,34 @@ async fn sleep_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CLOSE_REASONS;
+
+    #[test]
+    fn every_close_label_is_a_declared_reason() {
+        let failed = |side| {
+            Closed::Failed(Failed {
+                side,
+                error: std::io::Error::other("x"),
+            })
+        };
+        let all = [
+            Closed::By(Side::Client),
+            Closed::By(Side::Backend),
+            Closed::Idle,
+            Closed::Told(CloseReason::BackendDown),
+            Closed::Told(CloseReason::Rebalance),
+            Closed::Told(CloseReason::Shutdown),
+            Closed::Told(CloseReason::Removed),
+            failed(Side::Client),
+            failed(Side::Backend),
+        ];
+        let labels: Vec<&str> = all.iter().map(Closed::label).collect();
+        assert_eq!(labels, CLOSE_REASONS);
     }
 }

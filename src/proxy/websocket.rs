@@ -29,6 +29,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::debug;
@@ -36,8 +37,9 @@ use tracing::debug;
 use super::error::{ProxyError, chain};
 use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
-use super::{Body, Proxy, no_backend, relay, same_head};
+use super::{Access, Body, Proxy, no_backend, relay, same_head};
 use crate::config::human;
+use crate::metrics::UpgradeLabels;
 use crate::principal::Principal;
 use crate::registry::Registration;
 use crate::shutdown::Shutdown;
@@ -89,11 +91,45 @@ impl Proxy {
     /// reachable candidate of `upstream`.
     pub(super) async fn upgrade(
         &self,
+        req: Request<Incoming>,
+        flavor: Flavor,
+        upstream: &Upstream,
+        route: &Route,
+        principal: Principal,
+        access: &mut Access,
+    ) -> Result<Response<Body>, ProxyError> {
+        let started = Instant::now();
+        let result = self
+            .open(req, flavor, upstream, route, principal, access)
+            .await;
+        let outcome = match &result {
+            Ok(r)
+                if r.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || r.status() == StatusCode::OK =>
+            {
+                "ok"
+            }
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        let m = &self.live.metrics;
+        let labels = UpgradeLabels {
+            route: route.label.to_string(),
+            result: outcome.to_owned(),
+        };
+        m.upgrades.get_or_create(&labels).inc();
+        m.upgrade_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn open(
+        &self,
         mut req: Request<Incoming>,
         flavor: Flavor,
         upstream: &Upstream,
         route: &Route,
         principal: Principal,
+        access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         debug!(?flavor, principal = %principal.fingerprint(), "WebSocket requested");
         let client = hyper::upgrade::on(&mut req);
@@ -141,14 +177,25 @@ impl Proxy {
                 ),
             }
         };
+        access.backend = Some(backend.id.clone());
+        let metrics = &self.live.metrics;
         let info = TunnelInfo {
             route: route.label.clone(),
             backend: backend.id.clone(),
             principal: principal.fingerprint(),
             idle_timeout: route.idle_timeout,
+            bytes_up: metrics.bytes_up(),
+            bytes_down: metrics.bytes_down(),
+            closes: metrics.tunnels_closed.clone(),
         };
-        let register =
-            || registry.register(upstream.name.clone(), backend.key.clone(), principal.key());
+        let register = || {
+            registry.register(
+                upstream.name.clone(),
+                route.label.clone(),
+                backend.key.clone(),
+                principal.key(),
+            )
+        };
         finish(resp, client, key, info, register, &self.tasks)
     }
 }

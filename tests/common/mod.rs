@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tether::config::Config;
 use tether::demo::Node;
+use tether::listener::Kind;
 use tether::{Listener, Live};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,34 +35,45 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// tether running in this process.
 pub struct Proxy {
+    /// The first traffic listener's address.
     pub addr: SocketAddr,
+    /// The admin listener's address, if the config has one.
+    pub admin: Option<SocketAddr>,
     pub live: Arc<Live>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Starts tether with `toml`, whose first listener must bind `127.0.0.1:0`.
+    /// Starts tether with `toml`, binding every listener it configures (use port 0).
     pub async fn start(toml: &str) -> Proxy {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("tether=debug")
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "tether=debug".into()),
+            )
             .with_test_writer()
             .try_init();
         let config = Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let bind = config.listeners[0].bind;
-        let socket = TcpListener::bind(bind).await.unwrap();
-        let addr = socket.local_addr().unwrap();
+        let mut listeners = Vec::new();
+        let (mut addr, mut admin) = (None, None);
+        for (kind, bind) in tether::reload::binds(&config) {
+            let socket = TcpListener::bind(bind).await.unwrap();
+            let local = socket.local_addr().unwrap();
+            match kind {
+                Kind::Traffic => addr = addr.or(Some(local)),
+                Kind::Admin => admin = Some(local),
+            }
+            listeners.push(Listener::with_kind(kind, bind, socket));
+        }
         let live = Arc::new(Live::new(&config));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(tether::run(
-            vec![Listener::new(bind, socket)],
-            live.clone(),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(tether::run(listeners, live.clone(), async {
+            let _ = rx.await;
+        }));
         Proxy {
-            addr,
+            addr: addr.expect("no traffic listener"),
+            admin,
             live,
             stop: Some(tx),
             task: Some(task),
@@ -382,44 +394,67 @@ impl Binary {
     }
 
     fn claim(&mut self, wanted: impl Fn(&str) -> bool, what: &str) -> String {
+        // Lines already seen are scanned once; after that only new lines are checked
+        // (access logs make thousands of lines).
+        if let Some(i) = (0..self.seen.len()).find(|&i| !self.claimed[i] && wanted(&self.seen[i])) {
+            self.claimed[i] = true;
+            return self.seen[i].clone();
+        }
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            if let Some(i) =
-                (0..self.seen.len()).find(|&i| !self.claimed[i] && wanted(&self.seen[i]))
-            {
-                self.claimed[i] = true;
-                return self.seen[i].clone();
-            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
+                    let hit = wanted(&line);
                     self.seen.push(line);
-                    self.claimed.push(false);
+                    self.claimed.push(hit);
+                    if hit {
+                        return self.seen[self.seen.len() - 1].clone();
+                    }
                 }
-                Err(_) => panic!(
-                    "no line with {what}; output so far:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(_) => {
+                    let tail = &self.seen[self.seen.len().saturating_sub(60)..];
+                    panic!("no line with {what}; the last lines:\n{}", tail.join("\n"))
+                }
             }
         }
     }
 
-    /// The address of the first listener, from its "listening … local=ADDR" log line.
+    /// The address of the first traffic listener, from its "listening bind=… local=ADDR"
+    /// log line.
     pub fn wait_listening(&mut self) -> SocketAddr {
-        self.wait_listening_on("listening bind=")
+        self.wait_listening_on("tether::listener")
     }
 
-    /// The address from a "listening bind=… local=ADDR" line that contains `needle`.
+    /// The admin listener's address, from its "admin listening …" log line.
+    pub fn wait_admin(&mut self) -> SocketAddr {
+        self.wait_listening_on("admin listening")
+    }
+
+    /// The first traffic listener's address when logging JSON.
+    pub fn wait_listening_json(&mut self) -> SocketAddr {
+        self.wait_listening_on("\"message\":\"listening\"")
+    }
+
+    /// The address from a "listening" log line that contains `needle`: text
+    /// (`listening bind=… local=ADDR`) or JSON (`"message":"listening","local":"ADDR"`).
     pub fn wait_listening_on(&mut self, needle: &str) -> SocketAddr {
-        let line = self.claim(
-            |l| l.contains("listening bind=") && l.contains(needle),
-            needle,
-        );
-        let local = line
-            .split("local=")
-            .nth(1)
-            .expect("no local= in the listening line");
-        local.split_whitespace().next().unwrap().parse().unwrap()
+        let is_listening = |l: &str| l.contains("listening bind=") || l.contains("listening\",");
+        let line = self.claim(|l| is_listening(l) && l.contains(needle), needle);
+        let local = if line.starts_with('{') {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            v["local"]
+                .as_str()
+                .expect("no local in the listening line")
+                .to_owned()
+        } else {
+            let local = line
+                .split("local=")
+                .nth(1)
+                .expect("no local= in the listening line");
+            local.split_whitespace().next().unwrap().to_owned()
+        };
+        local.parse().unwrap()
     }
 
     /// Every line seen so far plus whatever arrived since.

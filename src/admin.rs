@@ -1,0 +1,316 @@
+//! The admin listener: metrics, health, the owner API and the status page, on its own
+//! address (`[admin] bind`, loopback unless a token protects it).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | Prometheus/OpenMetrics text (metrics.rs) |
+//! | `/healthz` | 200 while the process serves |
+//! | `/readyz` | 200 when every upstream has a backend up, else 503 naming those without |
+//! | `/api/backends` | JSON: per upstream and backend: id, address, state, live tunnels, share of the hash space, weight, last change and why; recent events |
+//! | `/api/owner?upstream=U&key=K` | JSON: K's owner now (health and load applied) and when all are up, and the full order |
+//! | `/status` | one self-refreshing HTML page over `/api/backends` |
+//!
+//! With a token configured every path but `/healthz` and `/readyz` needs it, as
+//! `Authorization: Bearer <token>` or `?token=<token>` (the status page passes it on).
+//! The owner API is given a raw key by its caller; it is hashed and never logged or
+//! echoed back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, WWW_AUTHENTICATE,
+};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::listener::{Listener, Settings, configure, http1};
+use crate::principal::Principal;
+use crate::proxy::Body;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Live, Snapshot};
+use crate::upstream::Upstream;
+use crate::upstream::health::now_ms;
+
+/// Serves the admin endpoints on `listener` until `stop` or shutdown.
+pub(crate) async fn accept_loop(
+    listener: Listener,
+    live: Arc<Live>,
+    tasks: Shutdown,
+    stop: CancellationToken,
+) {
+    if let Ok(local) = listener.socket.local_addr() {
+        info!(bind = %listener.bind, %local, "admin listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            r = listener.socket.accept() => r,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        configure(&stream);
+        let live = live.clone();
+        let service = service_fn(move |req| {
+            let live = live.clone();
+            async move { Ok::<_, Infallible>(handle(req, &live)) }
+        });
+        let token = tasks.token().clone();
+        tasks.spawn(async move {
+            http1(TokioIo::new(stream), &Settings::plain(), service, token).await
+        });
+    }
+    info!(bind = %listener.bind, "admin stopped listening");
+}
+
+fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
+    let snap = live.load();
+    let path = req.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz");
+    if let Some(token) = snap.admin.as_ref().and_then(|a| a.token.as_deref()) {
+        if !open && !authorized(&req, token) {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "tether admin: a token is required\n",
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "tether admin: GET only\n");
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(&snap),
+        "/metrics" => {
+            let body = live.metrics.encode(&snap, &live.registry);
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        }
+        "/api/backends" => json_response(StatusCode::OK, backends(&snap, live)),
+        "/api/owner" => {
+            let (status, body) = owner(&snap, live, req.uri().query().unwrap_or(""));
+            json_response(status, body)
+        }
+        "/status" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            STATUS_PAGE.to_owned(),
+        ),
+        "/" => {
+            let mut r = text(StatusCode::FOUND, "");
+            let query = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("/status{query}")) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "tether admin: no such endpoint\n"),
+    }
+}
+
+/// The token from the header or the query, compared in constant time.
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let query = || {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    };
+    header.or_else(query).is_some_and(|given| {
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+fn readyz(snap: &Snapshot) -> Response<Body> {
+    let empty: Vec<&str> = snap
+        .upstreams
+        .iter()
+        .filter(|u| !u.backends.iter().any(|b| b.health.is_up()))
+        .map(|u| &*u.name)
+        .collect();
+    if empty.is_empty() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        let body = format!("not ready: no backend up in {}\n", empty.join(", "));
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            body,
+        )
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn backends(snap: &Snapshot, live: &Live) -> Value {
+    let (unix_now, mono_now) = (unix_ms(), now_ms());
+    let upstreams: Vec<Value> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            let shares = u.table.shares();
+            let backends: Vec<Value> = u
+                .backends
+                .iter()
+                .zip(shares)
+                .map(|(b, share)| {
+                    let (changed, reason) = b.health.last_change();
+                    json!({
+                        "id": &*b.id,
+                        "addr": b.addr.to_string(),
+                        "state": if b.health.is_up() { "up" } else { "down" },
+                        "weight": b.weight,
+                        "share": share,
+                        "tunnels": live.registry.load(&u.name, &b.key),
+                        "failures": b.health.connect_failures(),
+                        "changed_at_ms": unix_now.saturating_sub(mono_now.saturating_sub(changed)),
+                        "reason": reason,
+                    })
+                })
+                .collect();
+            json!({ "name": &*u.name, "tunnels": live.registry.total(&u.name), "backends": backends })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now_ms": unix_now,
+        "tunnels": live.registry.len(),
+        "upstreams": upstreams,
+        "events": live.events(),
+    })
+}
+
+fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
+    let param = |name: &str| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let (Some(upstream), Some(key)) = (param("upstream"), param("key")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "use /api/owner?upstream=NAME&key=KEY" }),
+        );
+    };
+    let Some(u) = snap.upstream(&upstream) else {
+        let known: Vec<&str> = snap.upstreams.iter().map(|u| &*u.name).collect();
+        return (
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no upstream `{upstream}`"), "upstreams": known }),
+        );
+    };
+    let principal = Principal::from_bytes(key.as_bytes());
+    let describe = |b: &crate::upstream::Backend| json!({ "id": &*b.id, "addr": b.addr.to_string(), "state": if b.health.is_up() { "up" } else { "down" } });
+    let now = u
+        .candidates(principal.key(), &live.registry)
+        .next()
+        .map(describe);
+    let all_up = u.owner(principal.key()).map(describe);
+    let order = order(u, principal);
+    (
+        StatusCode::OK,
+        json!({
+            "upstream": &*u.name,
+            "principal": principal.fingerprint().to_string(),
+            "owner": now,
+            "owner_when_all_up": all_up,
+            "order": order,
+        }),
+    )
+}
+
+fn order(u: &Upstream, p: Principal) -> Vec<String> {
+    u.table
+        .order(p.key())
+        .into_iter()
+        .map(|i| u.backends[i].id.to_string())
+        .collect()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body.to_owned())
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    respond(status, "application/json", v.to_string())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The status page: no external assets, no build step; it polls `/api/backends`.
+const STATUS_PAGE: &str = include_str!("admin_status.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, auth: Option<&str>) -> Request<()> {
+        let mut b = Request::get(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn tokens_come_from_the_header_or_the_query() {
+        let t = "0123456789abcdef";
+        assert!(authorized(
+            &req("/metrics", Some("Bearer 0123456789abcdef")),
+            t
+        ));
+        assert!(authorized(&req("/status?token=0123456789abcdef", None), t));
+        assert!(!authorized(
+            &req("/metrics", Some("Bearer 0123456789abcdeX")),
+            t
+        ));
+        assert!(!authorized(&req("/metrics", Some("0123456789abcdef")), t));
+        assert!(!authorized(&req("/metrics?token=0123", None), t));
+        assert!(!authorized(&req("/metrics", None), t));
+    }
+}

@@ -1,0 +1,221 @@
+//! Every metric tether exports, by name, in one place (Prometheus / OpenMetrics text via
+//! `prometheus-client`).
+//!
+//! Counters live as long as the process (in [`crate::snapshot::Live`]) and are bumped
+//! on the data path. Gauges that describe the present — which backends are up, how many
+//! tunnels each holds — are computed at scrape time from the current snapshot and the
+//! tunnel registry, so a backend removed by a reload simply stops appearing.
+//! Labels carry route labels and backend ids from the configuration, never a principal.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::registry::Registry as Tunnels;
+use crate::snapshot::Snapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub backend: String,
+    /// `2xx`, `4xx`, …
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpgradeLabels {
+    pub route: String,
+    /// `ok` (tunnel opened), `refused` (the backend answered something else, relayed),
+    /// `failed` (no backend, a timeout or a bad answer: tether answered 5xx).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `up` (client → backend) or `down` (backend → client).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub upstream: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub route: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Every `reason` of `tether_tunnels_closed` (tunnel.rs names them).
+pub const CLOSE_REASONS: &[&str] = &[
+    "client",
+    "backend",
+    "idle",
+    "backend-down",
+    "rebalance",
+    "shutdown",
+    "removed",
+    "client-error",
+    "backend-error",
+];
+
+/// The process's counters and histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upgrades: Family<UpgradeLabels, Counter>,
+    pub upgrade_seconds: Histogram,
+    /// Tunnel bytes; [`Metrics::bytes_up`] and [`Metrics::bytes_down`] are the handles
+    /// the pump adds to.
+    bytes: Family<DirectionLabels, Counter>,
+    pub tunnels_closed: Family<ReasonLabels, Counter>,
+    pub backend_failures: Family<BackendLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tether");
+        let m = Metrics {
+            requests: Family::default(),
+            upgrades: Family::default(),
+            upgrade_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            bytes: Family::default(),
+            tunnels_closed: Family::default(),
+            backend_failures: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "Plain HTTP requests answered, by route, backend and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upgrades",
+            "WebSocket upgrade requests, by route and result",
+            m.upgrades.clone(),
+        );
+        registry.register(
+            "upgrade_duration_seconds",
+            "Time from a WebSocket request to the tunnel's answer to the client",
+            m.upgrade_seconds.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes copied through tunnels, by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "tunnels_closed",
+            "Tunnels closed, by reason",
+            m.tunnels_closed.clone(),
+        );
+        registry.register(
+            "backend_failures",
+            "Failures on live traffic (refused or timed-out connects, no answer in time), by backend",
+            m.backend_failures.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "build",
+            "tether's version",
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
+        );
+        // Series that exist from the start, at zero, so rates and dashboards work
+        // before the first event.
+        for reason in CLOSE_REASONS {
+            let _ = m.tunnels_closed.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
+        }
+        for result in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        for direction in ["up", "down"] {
+            let _ = m.bytes.get_or_create(&DirectionLabels { direction });
+        }
+        Metrics { registry, ..m }
+    }
+
+    pub fn bytes_up(&self) -> Counter<u64, AtomicU64> {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "up" })
+            .clone()
+    }
+
+    pub fn bytes_down(&self) -> Counter<u64, AtomicU64> {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "down" })
+            .clone()
+    }
+
+    /// The whole exposition: counters, then gauges computed from `snap` and `tunnels`.
+    pub fn encode(&self, snap: &Snapshot, tunnels: &Tunnels) -> String {
+        let up: Family<BackendLabels, Gauge> = Family::default();
+        let live: Family<TunnelLabels, Gauge> = Family::default();
+        for u in &snap.upstreams {
+            for b in &u.backends {
+                let labels = BackendLabels {
+                    upstream: u.name.to_string(),
+                    backend: b.id.to_string(),
+                };
+                up.get_or_create(&labels).set(i64::from(b.health.is_up()));
+                // A configured backend's failure counter exists even before its first failure.
+                let _ = self.backend_failures.get_or_create(&labels);
+            }
+        }
+        for e in tunnels.entries() {
+            let labels = TunnelLabels {
+                route: e.route.to_string(),
+                backend: e.backend.id.to_string(),
+            };
+            live.get_or_create(&labels).inc();
+        }
+        let mut now = Registry::with_prefix("tether");
+        now.register("backend_up", "1 if the backend is up, 0 if down", up);
+        now.register(
+            "tunnels_live",
+            "Live WebSocket tunnels, by route and backend",
+            live,
+        );
+        let mut out = String::new();
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &now);
+        let _ = encode_eof(&mut out);
+        out
+    }
+}
