@@ -78,11 +78,12 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|loaded| {
                 logging(log_json || loaded.log_json);
-                runtime()?.block_on(serve(&config, loaded))
+                raise_open_files();
+                runtime(loaded.workers)?.block_on(serve(&config, loaded))
             }),
         Command::Demo { listen } => {
             logging(false);
-            runtime().and_then(|rt| rt.block_on(demo(listen)))
+            runtime(None).and_then(|rt| rt.block_on(demo(listen)))
         }
     };
     match result {
@@ -108,11 +109,29 @@ fn logging(json: bool) {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The async runtime: `workers` threads, by default one per core this process may
+/// run on (so `taskset -c 0 tether run` gets one).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let n = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    info!(workers = n, "starting");
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(n)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Every connection is a file descriptor (two for a tunnel): raise the soft limit to
+/// the hard one, and say so.
+fn raise_open_files() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(0);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now > before => info!(from = before, to = now, "raised the open-file limit"),
+        Ok(now) => info!(limit = now, "open-file limit"),
+        Err(e) => warn!(error = %e, limit = before, "cannot raise the open-file limit"),
+    }
 }
 
 fn check(path: &Path) -> Result<()> {

@@ -13,10 +13,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::upstream::health::now_ms;
 
 /// Why tether closes a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub enum CloseReason {
     Shutdown = 3,
     /// Its backend was removed from the configuration.
     Removed = 4,
+    /// No byte moved for the route's `idle_timeout`.
+    Idle = 5,
 }
 
 impl CloseReason {
@@ -39,7 +44,7 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::BackendDown | CloseReason::Rebalance => 1012,
-            CloseReason::Shutdown | CloseReason::Removed => 1001,
+            CloseReason::Shutdown | CloseReason::Removed | CloseReason::Idle => 1001,
         }
     }
 
@@ -49,6 +54,7 @@ impl CloseReason {
             CloseReason::Rebalance => "rebalance",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Removed => "removed",
+            CloseReason::Idle => "idle",
         }
     }
 
@@ -58,20 +64,50 @@ impl CloseReason {
             CloseReason::Rebalance,
             CloseReason::Shutdown,
             CloseReason::Removed,
+            CloseReason::Idle,
         ]
         .into_iter()
         .find(|r| *r as u8 == v)
     }
 }
 
-/// One tunnel's close handle: the first reason set wins.
+/// One tunnel's shared state: its close handle (the first reason set wins) and when
+/// it last moved a byte, which the idle sweeper reads.
+///
+/// Idle timeouts live here rather than as a timer in each tunnel's task: one sweeper
+/// per process checks every tunnel's timestamp once a second, so an idle tunnel holds
+/// no timer and a busy one pays an atomic store per read instead of timer upkeep.
 #[derive(Debug, Default)]
 pub struct TunnelCtl {
     reason: AtomicU8,
     notify: Notify,
+    /// [`now_ms`] of the last byte in either direction.
+    last_active: AtomicU64,
+    /// 0: never idle-closed.
+    idle_ms: u64,
 }
 
 impl TunnelCtl {
+    /// A tunnel closed after `idle` without traffic (`None`: never).
+    pub fn new(idle: Option<Duration>) -> TunnelCtl {
+        TunnelCtl {
+            last_active: AtomicU64::new(now_ms()),
+            idle_ms: idle.map_or(0, |d| (d.as_millis() as u64).max(1)),
+            ..TunnelCtl::default()
+        }
+    }
+
+    /// A byte moved.
+    pub fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// True if the tunnel has been idle past its timeout at `now`.
+    fn idle_at(&self, now: u64) -> bool {
+        self.idle_ms > 0
+            && now.saturating_sub(self.last_active.load(Ordering::Relaxed)) >= self.idle_ms
+    }
+
     /// Asks the tunnel to close. False if it was already asked.
     pub fn close(&self, reason: CloseReason) -> bool {
         let first = self
@@ -181,8 +217,9 @@ impl Registry {
         route: Arc<str>,
         backend: BackendKey,
         key: u64,
+        idle: Option<Duration>,
     ) -> Registration {
-        let ctl = Arc::new(TunnelCtl::default());
+        let ctl = Arc::new(TunnelCtl::new(idle));
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
@@ -220,6 +257,17 @@ impl Registry {
             .by_backend
             .get(backend)
             .map_or(0, |m| m.values().filter(|e| e.ctl.close(reason)).count())
+    }
+
+    /// Asks every tunnel idle past its timeout at `now` ([`now_ms`]) to close.
+    pub fn close_idle(&self, now: u64) -> usize {
+        let inner = self.lock();
+        inner
+            .by_backend
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|e| e.ctl.idle_at(now) && e.ctl.close(CloseReason::Idle))
+            .count()
     }
 
     /// Asks every tunnel to close; returns how many.
@@ -282,9 +330,9 @@ mod tests {
     fn close_backend_touches_only_that_backend() {
         let r = Arc::new(Registry::default());
         let up: Arc<str> = "app".into();
-        let a1 = r.register(up.clone(), "r".into(), key("a"), 1);
-        let a2 = r.register(up.clone(), "r".into(), key("a"), 2);
-        let b1 = r.register(up.clone(), "r".into(), key("b"), 3);
+        let a1 = r.register(up.clone(), "r".into(), key("a"), 1, None);
+        let a2 = r.register(up.clone(), "r".into(), key("a"), 2, None);
+        let b1 = r.register(up.clone(), "r".into(), key("b"), 3, None);
         assert_eq!(r.close_backend(&key("a"), CloseReason::BackendDown), 2);
         assert_eq!(a1.ctl.reason(), Some(CloseReason::BackendDown));
         assert_eq!(a2.ctl.reason(), Some(CloseReason::BackendDown));
@@ -298,9 +346,9 @@ mod tests {
     fn counts_follow_registrations() {
         let r = Arc::new(Registry::default());
         let (app, other): (Arc<str>, Arc<str>) = ("app".into(), "other".into());
-        let t1 = r.register(app.clone(), "r".into(), key("a"), 1);
-        let t2 = r.register(app.clone(), "r".into(), key("a"), 2);
-        let t3 = r.register(other.clone(), "r".into(), key("a"), 3);
+        let t1 = r.register(app.clone(), "r".into(), key("a"), 1, None);
+        let t2 = r.register(app.clone(), "r".into(), key("a"), 2, None);
+        let t3 = r.register(other.clone(), "r".into(), key("a"), 3, None);
         assert_eq!(
             (
                 r.load(&app, &key("a")),
@@ -324,6 +372,39 @@ mod tests {
         assert_eq!(r.entries()[0].key, 2);
         drop(t2);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn idle_tunnels_are_closed_by_the_sweep_and_busy_ones_are_not() {
+        let r = Arc::new(Registry::default());
+        let up: Arc<str> = "app".into();
+        let quiet = r.register(
+            up.clone(),
+            "r".into(),
+            key("a"),
+            1,
+            Some(Duration::from_secs(1)),
+        );
+        let busy = r.register(
+            up.clone(),
+            "r".into(),
+            key("a"),
+            2,
+            Some(Duration::from_secs(1)),
+        );
+        let never = r.register(up.clone(), "r".into(), key("a"), 3, None);
+        let later = now_ms() + 1500;
+        busy.ctl.last_active.store(later, Ordering::Relaxed);
+        assert_eq!(r.close_idle(later), 1);
+        assert_eq!(quiet.ctl.reason(), Some(CloseReason::Idle));
+        assert_eq!(busy.ctl.reason(), None);
+        assert_eq!(never.ctl.reason(), None);
+        assert_eq!(
+            r.close_idle(later + 10_000_000),
+            1,
+            "only the busy one was still open and due"
+        );
+        assert_eq!(never.ctl.reason(), None);
     }
 
     #[tokio::test]

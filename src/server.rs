@@ -7,16 +7,36 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::listener::{self, Kind, Listener};
 use crate::proxy::Proxy;
 use crate::registry::CloseReason;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
+use crate::upstream::health::now_ms;
 use crate::{admin, probe, rebalance};
+
+/// How often idle tunnels are looked for: idle timeouts are honoured to within this.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
+
+/// Closes tunnels that have been idle past their route's `idle_timeout` (1001).
+async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let closed = live.registry.close_idle(now_ms());
+        if closed > 0 {
+            debug!(closed, "closed idle tunnels");
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Server {
@@ -37,6 +57,7 @@ impl Server {
         let background = tasks.token().child_token();
         tokio::spawn(probe::supervise(live.clone(), background.clone()));
         tokio::spawn(rebalance::run(live.clone(), background.clone()));
+        tokio::spawn(sweep_idle(live.clone(), background.clone()));
         let server = Server {
             proxy: Arc::new(Proxy::new(live.clone(), tasks.clone())),
             live,

@@ -58,6 +58,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Logs as JSON lines instead of text (read at start; a reload does not change it).
     pub log_json: bool,
+    /// Worker threads; `None`: one per core tether may run on (read at start).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +206,14 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
             _ => return invalid(f.span(), "`format` is \"text\" or \"json\""),
         },
     };
+    let workers = match &raw.workers {
+        None => None,
+        Some(w) if *w.get_ref() == 0 => None,
+        Some(w) => match usize::try_from(*w.get_ref()) {
+            Ok(n) if n <= 1024 => Some(n),
+            _ => return invalid(w.span(), "`workers` is 1..=1024, or 0 for one per core"),
+        },
+    };
     Ok(Config {
         listeners,
         routes,
@@ -212,6 +222,7 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         removal_grace: duration_or(raw.removal_grace, DEFAULT_REMOVAL_GRACE)?,
         admin,
         log_json,
+        workers,
     })
 }
 

@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub removal_grace: Option<Spanned<String>>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,14 +18,16 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::frames::{FrameTracker, close_frame};
+use crate::registry::TunnelCtl;
 
 /// Big enough that a 16 KiB WebSocket message moves in one read.
 const SCRATCH_SIZE: usize = 64 * 1024;
@@ -106,7 +108,8 @@ pub struct Pump<C, B> {
     backend: B,
     up: Flow,
     down: Flow,
-    last_activity: Instant,
+    /// Told of every byte that moves (its timestamp drives the idle timeout).
+    ctl: Arc<TunnelCtl>,
     first_eof: Option<Side>,
     /// The side that sent the first WebSocket Close frame: who started the closing.
     first_close: Option<Side>,
@@ -125,10 +128,16 @@ where
             backend,
             up: Flow::new(Side::Client, client_prefix),
             down: Flow::new(Side::Backend, backend_prefix),
-            last_activity: Instant::now(),
+            ctl: Arc::new(TunnelCtl::new(None)),
             first_eof: None,
             first_close: None,
         }
+    }
+
+    /// Reports activity to `ctl` (the registry's handle for this tunnel).
+    pub fn watched(mut self, ctl: Arc<TunnelCtl>) -> Self {
+        self.ctl = ctl;
+        self
     }
 
     /// Counts the bytes of each direction also into `up` and `down`.
@@ -147,7 +156,7 @@ where
             &mut self.client,
             &mut self.backend,
             &mut self.up,
-            &mut self.last_activity,
+            &self.ctl,
         );
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(Err(e));
@@ -163,7 +172,7 @@ where
             &mut self.backend,
             &mut self.client,
             &mut self.down,
-            &mut self.last_activity,
+            &self.ctl,
         );
         if let Poll::Ready(Err(e)) = down {
             return Poll::Ready(Err(e));
@@ -179,11 +188,6 @@ where
         } else {
             Poll::Pending
         }
-    }
-
-    /// When a byte last moved in either direction.
-    pub fn last_activity(&self) -> Instant {
-        self.last_activity
     }
 
     /// Who ended the conversation: the side that sent the first Close frame, else the
@@ -268,7 +272,7 @@ fn flow<R, W>(
     from: &mut R,
     to: &mut W,
     f: &mut Flow,
-    activity: &mut Instant,
+    activity: &TunnelCtl,
 ) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin,
@@ -316,7 +320,7 @@ fn read_and_forward<R, W>(
     from: &mut R,
     to: &mut W,
     f: &mut Flow,
-    activity: &mut Instant,
+    activity: &TunnelCtl,
 ) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin,
@@ -341,7 +345,7 @@ where
         f.frames.feed(&buf[..n]);
         f.bytes += n as u64;
         f.meter.inc_by(n as u64);
-        *activity = Instant::now();
+        activity.touch();
         let mut off = 0;
         while off < n {
             match Pin::new(&mut *to).poll_write(cx, &buf[off..n]) {

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::copy::{Failed, Pump, Side};
@@ -30,7 +30,6 @@ pub struct TunnelInfo {
     pub route: Arc<str>,
     pub backend: Arc<str>,
     pub principal: Fingerprint,
-    pub idle_timeout: Option<Duration>,
     /// `tether_tunnel_bytes` up and down, and `tether_tunnels_closed`.
     pub bytes_up: Counter,
     pub bytes_down: Counter,
@@ -45,8 +44,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 enum Closed {
     /// Both sides finished normally; `Side` finished first.
     By(Side),
-    Idle,
-    /// tether closed it (backend down, rebalance, shutdown, removal).
+    /// tether closed it (backend down, rebalance, shutdown, removal, idle).
     Told(CloseReason),
     Failed(Failed),
 }
@@ -56,7 +54,6 @@ impl Closed {
     fn codes(&self) -> (Option<u16>, Option<u16>) {
         match self {
             Closed::By(_) => (None, None),
-            Closed::Idle => (Some(1001), Some(1001)),
             // A dead backend gets nothing more; the client is told to reconnect.
             Closed::Told(CloseReason::BackendDown) => (Some(1012), None),
             // The backend is fine: its client is leaving for another node.
@@ -79,7 +76,6 @@ impl Closed {
         match self {
             Closed::By(Side::Client) => "client",
             Closed::By(Side::Backend) => "backend",
-            Closed::Idle => "idle",
             Closed::Told(r) => r.as_str(),
             Closed::Failed(Failed {
                 side: Side::Client, ..
@@ -97,7 +93,6 @@ impl std::fmt::Display for Closed {
         match self {
             Closed::By(Side::Client) => f.write_str("client"),
             Closed::By(Side::Backend) => f.write_str("backend"),
-            Closed::Idle => f.write_str("idle"),
             Closed::Told(r) => f.write_str(r.as_str()),
             Closed::Failed(Failed {
                 side: Side::Client,
@@ -142,12 +137,14 @@ pub(super) async fn splice(
                 backend,
                 backend_prefix,
             )
-            .metered(info.bytes_up.clone(), info.bytes_down.clone());
+            .metered(info.bytes_up.clone(), info.bytes_down.clone())
+            .watched(registration.ctl.clone());
             run(pump, info, registration).await;
         }
         Err(client) => {
             let pump = Pump::new(TokioIo::new(client), Bytes::new(), backend, backend_prefix)
-                .metered(info.bytes_up.clone(), info.bytes_down.clone());
+                .metered(info.bytes_up.clone(), info.bytes_down.clone())
+                .watched(registration.ctl.clone());
             run(pump, info, registration).await;
         }
     }
@@ -159,29 +156,20 @@ where
 {
     let started = Instant::now();
     let ctl = registration.ctl.clone();
-    let closed = loop {
-        let deadline = info
-            .idle_timeout
-            .map(|d| Instant::from_std(pump.last_activity()) + d);
-        tokio::select! {
-            r = poll_fn(|cx| pump.poll(cx)) => break match r {
-                Ok(()) => Closed::By(pump.closed_by().unwrap_or(Side::Client)),
-                Err(e) => Closed::Failed(e),
-            },
-            () = sleep_or_never(deadline) => {
-                // Bytes may have moved since the timer was set; if so, re-arm.
-                if info.idle_timeout.is_some_and(|d| pump.last_activity().elapsed() >= d) {
-                    break Closed::Idle;
-                }
-            }
-            reason = ctl.closed() => break Closed::Told(reason),
-        }
+    let closed = tokio::select! {
+        r = poll_fn(|cx| pump.poll(cx)) => match r {
+            Ok(()) => Closed::By(pump.closed_by().unwrap_or(Side::Client)),
+            Err(e) => Closed::Failed(e),
+        },
+        reason = ctl.closed() => Closed::Told(reason),
     };
     // A closing tunnel no longer counts for placement or rebalancing.
     drop(registration);
     let (to_client, to_backend) = closed.codes();
     if to_client.is_some() || to_backend.is_some() {
-        pump.close(to_client, to_backend, CLOSE_LINGER).await;
+        // Boxed: the closing state is big (drain buffers) and needed once; inline, every
+        // tunnel's task would reserve room for it all its life.
+        Box::pin(pump.close(to_client, to_backend, CLOSE_LINGER)).await;
     }
     let (up, down) = pump.totals();
     info.closes
@@ -203,13 +191,6 @@ where
     );
 }
 
-async fn sleep_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +207,7 @@ mod tests {
         let all = [
             Closed::By(Side::Client),
             Closed::By(Side::Backend),
-            Closed::Idle,
+            Closed::Told(CloseReason::Idle),
             Closed::Told(CloseReason::BackendDown),
             Closed::Told(CloseReason::Rebalance),
             Closed::Told(CloseReason::Shutdown),

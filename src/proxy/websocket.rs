@@ -183,7 +183,6 @@ impl Proxy {
             route: route.label.clone(),
             backend: backend.id.clone(),
             principal: principal.fingerprint(),
-            idle_timeout: route.idle_timeout,
             bytes_up: metrics.bytes_up(),
             bytes_down: metrics.bytes_down(),
             closes: metrics.tunnels_closed.clone(),
@@ -194,6 +193,7 @@ impl Proxy {
                 route.label.clone(),
                 backend.key.clone(),
                 principal.key(),
+                route.idle_timeout,
             )
         };
         finish(resp, client, key, info, register, &self.tasks)

@@ -255,8 +255,8 @@ mod tests {
         // Two tunnels on the owner; with c = 1 and 3 backends the cap for the next
         // tunnel is ceil(1.0 × 3 / 3) = 1, so the owner is full.
         let owner = u.backend(order[0]).unwrap();
-        let _t1 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 1);
-        let _t2 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 2);
+        let _t1 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 1, None);
+        let _t2 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 2, None);
         assert_eq!(ids(u.candidates(key, &reg)), [order[1], order[2], order[0]]);
     }
 
