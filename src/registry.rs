@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use crate::upstream::health::now_ms;
 
@@ -80,7 +82,8 @@ impl CloseReason {
 #[derive(Debug, Default)]
 pub struct TunnelCtl {
     reason: AtomicU8,
-    notify: Notify,
+    /// The tunnel task, woken by [`TunnelCtl::close`].
+    waker: AtomicWaker,
     /// [`now_ms`] of the last byte in either direction.
     last_active: AtomicU64,
     /// 0: never idle-closed.
@@ -115,8 +118,8 @@ impl TunnelCtl {
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            // notify_one stores a permit, so a tunnel not yet waiting still sees it.
-            self.notify.notify_one();
+            // A tunnel not yet polled sees the reason when it first is.
+            self.waker.wake();
         }
         first
     }
@@ -125,22 +128,46 @@ impl TunnelCtl {
         CloseReason::from_u8(self.reason.load(Ordering::Acquire))
     }
 
+    /// The task to wake when the tunnel is told to close; its poll registers it each
+    /// time, then checks [`TunnelCtl::reason`].
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
     /// Resolves once [`TunnelCtl::close`] has been called.
     pub async fn closed(&self) -> CloseReason {
-        loop {
-            if let Some(r) = self.reason() {
-                return r;
-            }
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| {
+            self.register(cx.waker());
+            self.reason().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 }
 
-/// A backend's identity across snapshots (the health table's key).
+/// A backend's identity across snapshots (the health table's key): its id and address,
+/// compared by value. One pointer wide, because every tunnel's registration and
+/// registry entry carries one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BackendKey {
+pub struct BackendKey(Arc<BackendIdentity>);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct BackendIdentity {
     pub id: Arc<str>,
     pub addr: SocketAddr,
+}
+
+impl BackendKey {
+    pub fn new(id: Arc<str>, addr: SocketAddr) -> BackendKey {
+        BackendKey(Arc::new(BackendIdentity { id, addr }))
+    }
+}
+
+impl std::ops::Deref for BackendKey {
+    type Target = BackendIdentity;
+
+    fn deref(&self) -> &BackendIdentity {
+        &self.0
+    }
 }
 
 /// What the registry knows about one tunnel.
@@ -320,10 +347,7 @@ mod tests {
     use super::*;
 
     fn key(id: &str) -> BackendKey {
-        BackendKey {
-            id: id.into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-        }
+        BackendKey::new(id.into(), "127.0.0.1:1".parse().unwrap())
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub struct Failed {
 struct Flow {
     /// The side this direction reads from.
     from: Side,
-    pending: Vec<u8>,
+    /// Bytes read but not yet taken by the destination (boxed slice: 16 bytes when
+    /// empty, which is nearly always), and how many of them were written.
+    pending: Box<[u8]>,
     pos: usize,
     unflushed: bool,
     /// The source has finished sending.
@@ -77,7 +79,7 @@ impl Flow {
         frames.feed(&prefix);
         Flow {
             from,
-            pending: prefix.to_vec(),
+            pending: prefix.to_vec().into_boxed_slice(),
             pos: 0,
             unflushed: false,
             eof: false,
@@ -157,6 +159,7 @@ where
             &mut self.backend,
             &mut self.up,
             &self.ctl,
+            self.down.eof,
         );
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(Err(e));
@@ -173,6 +176,7 @@ where
             &mut self.client,
             &mut self.down,
             &self.ctl,
+            self.up.eof,
         );
         if let Poll::Ready(Err(e)) = down {
             return Poll::Ready(Err(e));
@@ -266,13 +270,16 @@ async fn flush_pending<W: AsyncWrite + Unpin>(to: &mut W, f: &mut Flow) -> io::R
 }
 
 /// Moves bytes `from` → `to` until `from` would block (Pending) or has finished and the
-/// finish has been passed on (Ready).
+/// finish has been passed on (Ready). `to_finished`: `to` has already finished sending
+/// to us, so its connection is about to be closed whole and a shutdown of its write
+/// half would be a wasted system call (the close sends the FIN).
 fn flow<R, W>(
     cx: &mut Context<'_>,
     from: &mut R,
     to: &mut W,
     f: &mut Flow,
     activity: &TunnelCtl,
+    to_finished: bool,
 ) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin,
@@ -297,7 +304,7 @@ where
         }
         if !f.pending.is_empty() {
             // Drained: give the memory back, an idle tunnel holds no buffer.
-            f.pending = Vec::new();
+            f.pending = Box::default();
             f.pos = 0;
         }
         if f.unflushed {
@@ -305,7 +312,9 @@ where
             f.unflushed = false;
         }
         if f.eof {
-            ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(fail_to)?;
+            if !to_finished {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(fail_to)?;
+            }
             f.done = true;
             return Poll::Ready(Ok(()));
         }
@@ -337,7 +346,8 @@ where
             f.eof = true;
             if f.from == Side::Backend && f.frames.at_boundary() && !f.frames.saw_close() {
                 // The backend vanished without closing the WebSocket: tell the client.
-                f.pending = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None);
+                f.pending = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None)
+                    .into_boxed_slice();
                 f.pos = 0;
             }
             return Poll::Ready(Ok(()));
@@ -363,7 +373,7 @@ where
                     }));
                 }
                 Poll::Pending => {
-                    f.pending = buf[off..n].to_vec();
+                    f.pending = buf[off..n].into();
                     break;
                 }
             }
@@ -430,8 +440,8 @@ mod tests {
         let mut buf = [0u8; 4];
         backend_peer.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        assert_eq!(pump.up.pending.capacity(), 0);
-        assert_eq!(pump.down.pending.capacity(), 0);
+        assert!(pump.up.pending.is_empty());
+        assert!(pump.down.pending.is_empty());
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ pub struct FrameTracker {
 #[derive(Debug, Clone)]
 enum State {
     /// Collecting a header; `have` bytes of it are in `buf`.
-    Header { have: usize, buf: [u8; 14] },
+    Header { have: u8, buf: [u8; 14] },
     /// Skipping this many payload bytes.
     Payload(u64),
 }
@@ -61,13 +61,15 @@ impl FrameTracker {
                     }
                 }
                 State::Header { have, buf } => {
-                    let need = header_len(&buf[..*have]);
-                    let take = (need - *have).min(bytes.len());
-                    buf[*have..*have + take].copy_from_slice(&bytes[..take]);
-                    *have += take;
+                    let seen = usize::from(*have);
+                    let need = header_len(&buf[..seen]);
+                    let take = (need - seen).min(bytes.len());
+                    buf[seen..seen + take].copy_from_slice(&bytes[..take]);
+                    let seen = seen + take;
+                    *have = seen as u8; // at most 14
                     bytes = &bytes[take..];
                     // The first two bytes may have revealed a longer header.
-                    if *have < header_len(&buf[..*have]) {
+                    if seen < header_len(&buf[..seen]) {
                         continue;
                     }
                     if buf[0] & 0x0f == 0x8 {

@@ -256,7 +256,7 @@ fn finish(
     } else {
         mark_upgrade(&mut parts.headers);
     }
-    tasks.spawn(splice(client, backend, info, register()));
+    tasks.spawn(splice(client, backend, info, register(), tasks.clone()));
     Ok(Response::from_parts(
         parts,
         Either::Right(Full::new(Bytes::new())),
