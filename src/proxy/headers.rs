@@ -37,16 +37,31 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| *n != HOST)
-            .collect();
-        for n in named {
-            headers.remove(n);
+        // Browsers name only the standard options (`Upgrade`, `keep-alive`, `close`),
+        // which the fixed list below removes anyway: collect (and allocate) only when
+        // some other header is named.
+        let other = |t: &str| {
+            let t = t.trim();
+            !["upgrade", "keep-alive", "close", ""]
+                .iter()
+                .any(|s| t.eq_ignore_ascii_case(s))
+        };
+        let tokens = || {
+            headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+        };
+        if tokens().any(other) {
+            let named: Vec<HeaderName> = tokens()
+                .filter(|t| other(t))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| *n != HOST)
+                .collect();
+            for n in named {
+                headers.remove(n);
+            }
         }
         headers.remove(CONNECTION);
     }
@@ -138,13 +153,14 @@ pub struct Forwarding<'a> {
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`; see the module doc.
 /// Call after [`strip_hop_by_hop`].
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    let peer = f.peer.to_canonical().to_string();
+    let peer = ip_value(f.peer);
     let xff = if f.trusted {
         let chain: Vec<&str> = forwarded_for(headers).collect();
         if chain.is_empty() {
-            peer
+            Some(peer.clone())
         } else {
-            format!("{}, {peer}", chain.join(", "))
+            let text = format!("{}, {}", chain.join(", "), f.peer.to_canonical());
+            HeaderValue::from_str(&text).ok()
         }
     } else {
         for n in [
@@ -155,14 +171,18 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         ] {
             headers.remove(n);
         }
-        peer
+        Some(peer.clone())
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&f.client.to_canonical().to_string()) {
-        headers.insert(X_REAL_IP, v);
-    }
+    // Usually the same address: share the value instead of formatting it twice.
+    let real_ip = if f.client == f.peer {
+        peer
+    } else {
+        ip_value(f.client)
+    };
+    headers.insert(X_REAL_IP, real_ip);
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.scheme));
     }
@@ -171,10 +191,21 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
         if !headers.contains_key(X_FORWARDED_PORT) {
-            let port = host_port(host).unwrap_or(if f.scheme == "https" { 443 } else { 80 });
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+            let port = match host_port(host) {
+                Some(p) => HeaderValue::from(p),
+                None if f.scheme == "https" => HeaderValue::from_static("443"),
+                None => HeaderValue::from_static("80"),
+            };
+            headers.insert(X_FORWARDED_PORT, port);
         }
     }
+}
+
+/// An address as a header value (IPv4-mapped IPv6 written as IPv4).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let text = ip.to_canonical().to_string();
+    // An address's text form is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The explicit port of a `Host` value (`a.com:8080`, `[::1]:8443`), if any.

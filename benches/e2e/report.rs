@@ -1,0 +1,271 @@
+//! The results: medians per figure and target, the ratio to the better anchor (nginx,
+//! HAProxy) or to direct, the target for each, as a Markdown table and an SVG
+//! chart (plotters) that README shows.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::targets::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Figure {
+    MessageCpu,
+    IdleMemory,
+    ConnectionCpu,
+    RequestCpu,
+    Throughput,
+    AddedP50,
+    AddedP99,
+    PingP50,
+    PingP99,
+}
+
+/// How a figure is judged.
+struct Spec {
+    title: &'static str,
+    unit: &'static str,
+    /// `(bound, against_direct)`: tether ÷ best anchor must be at most `bound`, or for
+    /// throughput tether ÷ direct at least `bound`.
+    target: (f64, bool),
+    note: &'static str,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 9] = [
+        Figure::MessageCpu,
+        Figure::IdleMemory,
+        Figure::ConnectionCpu,
+        Figure::RequestCpu,
+        Figure::Throughput,
+        Figure::AddedP50,
+        Figure::AddedP99,
+        Figure::PingP50,
+        Figure::PingP99,
+    ];
+
+    fn spec(self) -> Spec {
+        match self {
+            Figure::MessageCpu => Spec {
+                title: "proxy CPU per echoed 64 B message (100 conns, 20k msg/s)",
+                unit: "µs",
+                target: (0.8, false),
+                note: "≤ 0.8× better anchor",
+            },
+            Figure::IdleMemory => Spec {
+                title: "proxy RSS per idle WebSocket (5,000 idle)",
+                unit: "KiB",
+                target: (0.8, false),
+                note: "≤ 0.8× better anchor",
+            },
+            Figure::ConnectionCpu => Spec {
+                title: "proxy CPU per WebSocket connection (open, echo, close; 50 concurrent)",
+                unit: "µs",
+                target: (0.8, false),
+                note: "≤ 0.8× better anchor",
+            },
+            Figure::RequestCpu => Spec {
+                title: "proxy CPU per HTTP request (keep-alive, 50 conns)",
+                unit: "µs",
+                target: (0.9, false),
+                note: "≤ 0.9× better anchor",
+            },
+            Figure::Throughput => Spec {
+                title: "16 KiB messages echoed (100 conns × 16 in flight)",
+                unit: "MB/s",
+                target: (0.9, true),
+                note: "≥ 0.9× direct",
+            },
+            Figure::AddedP50 => Spec {
+                title: "added round trip p50 (5k msg/s)",
+                unit: "µs",
+                target: (1.0, false),
+                note: "≤ better anchor",
+            },
+            Figure::AddedP99 => Spec {
+                title: "added round trip p99 (5k msg/s)",
+                unit: "µs",
+                target: (1.0, false),
+                note: "≤ better anchor",
+            },
+            Figure::PingP50 => Spec {
+                title: "added round trip p50 (1 conn ping-pong)",
+                unit: "µs",
+                target: (1.0, false),
+                note: "≤ better anchor",
+            },
+            Figure::PingP99 => Spec {
+                title: "added round trip p99 (1 conn ping-pong)",
+                unit: "µs",
+                target: (1.0, false),
+                note: "≤ better anchor",
+            },
+        }
+    }
+}
+
+pub type Results = HashMap<(Figure, Kind), Vec<f64>>;
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+const KINDS: [Kind; 4] = [Kind::Direct, Kind::Tether, Kind::Nginx, Kind::Haproxy];
+
+/// The ratio that judges `fig`, and whether it meets its target.
+fn verdict(fig: Figure, m: &HashMap<Kind, f64>) -> Option<(f64, bool)> {
+    let spec = fig.spec();
+    let tether = *m.get(&Kind::Tether)?;
+    if spec.target.1 {
+        let r = tether / m.get(&Kind::Direct)?;
+        return Some((r, r >= spec.target.0));
+    }
+    let best = [Kind::Nginx, Kind::Haproxy]
+        .iter()
+        .filter_map(|k| m.get(k))
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    if !best.is_finite() {
+        return None;
+    }
+    let r = tether / best;
+    Some((r, r <= spec.target.0))
+}
+
+/// Writes `e2e.md` and `e2e.svg` into `dir`; returns the Markdown.
+pub fn write(results: &Results, rounds: usize, machine: &str, dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let medians: HashMap<Figure, HashMap<Kind, f64>> = Figure::ALL
+        .iter()
+        .map(|f| {
+            (
+                *f,
+                KINDS
+                    .iter()
+                    .filter_map(|k| Some((*k, median(results.get(&(*f, *k))?)?)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "Medians of {rounds} interleaved rounds. {machine}\n");
+    let _ = writeln!(
+        md,
+        "| figure | direct | tether | nginx | HAProxy | tether ratio | target | met |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for f in Figure::ALL {
+        let spec = f.spec();
+        let m = &medians[&f];
+        let cell = |k: Kind| {
+            m.get(&k)
+                .map_or("–".to_owned(), |v| format!("{v:.1} {}", spec.unit))
+        };
+        let (ratio, met) = match verdict(f, m) {
+            Some((r, ok)) => (format!("{r:.2}×"), if ok { "yes" } else { "**no**" }),
+            None => ("–".to_owned(), "–"),
+        };
+        let direct = if f == Figure::Throughput {
+            cell(Kind::Direct)
+        } else {
+            "–".to_owned()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {direct} | {} | {} | {} | {ratio} | {} | {met} |",
+            spec.title,
+            cell(Kind::Tether),
+            cell(Kind::Nginx),
+            cell(Kind::Haproxy),
+            spec.note
+        );
+    }
+    std::fs::write(dir.join("e2e.md"), &md).unwrap();
+    chart(&medians, &dir.join("e2e.svg"));
+    md
+}
+
+fn chart(medians: &HashMap<Figure, HashMap<Kind, f64>>, path: &Path) {
+    let root = SVGBackend::new(path, (1500, 760)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let panels = root.split_evenly((2, 5));
+    let colors = [
+        RGBColor(150, 150, 150),
+        RGBColor(37, 99, 235),
+        RGBColor(22, 128, 61),
+        RGBColor(190, 60, 45),
+    ];
+    for (panel, f) in panels.iter().zip(Figure::ALL) {
+        let spec = f.spec();
+        let m = &medians[&f];
+        let kinds: Vec<Kind> = KINDS
+            .iter()
+            .copied()
+            .filter(|k| m.contains_key(k) && (*k != Kind::Direct || f == Figure::Throughput))
+            .collect();
+        let max = kinds.iter().map(|k| m[k]).fold(0.0, f64::max).max(1e-9) * 1.2;
+        let title: String = spec
+            .title
+            .split(" (")
+            .next()
+            .unwrap_or(spec.title)
+            .to_owned();
+        let Ok(mut c) = ChartBuilder::on(panel)
+            .caption(format!("{title} ({})", spec.unit), ("sans-serif", 14))
+            .margin(12)
+            .x_label_area_size(24)
+            .y_label_area_size(52)
+            .build_cartesian_2d((0..kinds.len()).into_segmented(), 0f64..max)
+        else {
+            continue;
+        };
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        let _ = c
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => names.get(*i).map_or(String::new(), |s| s.to_string()),
+                _ => String::new(),
+            })
+            .draw();
+        let _ = c.draw_series(kinds.iter().enumerate().map(|(i, k)| {
+            let color = colors[KINDS.iter().position(|x| x == k).unwrap_or(0)];
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), m[k]),
+                ],
+                color.filled(),
+            );
+            bar.set_margin(0, 0, 10, 10);
+            bar
+        }));
+        let _ = c.draw_series(kinds.iter().enumerate().map(|(i, k)| {
+            Text::new(
+                format!("{:.1}", m[k]),
+                (SegmentValue::CenterOf(i), m[k]),
+                ("sans-serif", 12).into_font(),
+            )
+        }));
+    }
+    // The eighth panel: what the bars are.
+    if let Some(legend) = panels.last() {
+        let lines = [
+            "Lower is better, except MB/s.",
+            "One proxy worker pinned to core 0;",
+            "load generator and 3 echo backends",
+            "on core 1. Medians of interleaved runs.",
+        ];
+        for (i, l) in lines.iter().enumerate() {
+            let _ = legend.draw(&Text::new(*l, (20, 60 + 22 * i as i32), ("sans-serif", 14)));
+        }
+    }
+    let _ = root.present();
+}
