@@ -114,9 +114,14 @@ fn logging(json: bool) {
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let n = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     info!(workers = n, "starting");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(n)
-        .enable_all()
+    let mut b = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
+    };
+    b.enable_all()
         .build()
         .context("cannot start the async runtime")
 }

@@ -329,6 +329,40 @@ async fn sigterm_closes_tunnels_with_1001_finishes_requests_and_exits_0() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// `workers = 1` runs tether on a current-thread runtime (what the benchmark pins to one
+/// core): it must serve, reload and drain exactly like the multi-threaded one.
+#[tokio::test]
+async fn one_worker_serves_reloads_and_drains_like_many() {
+    let nodes = nodes(&["a", "b"]).await;
+    let (_dir, path) = write_config(&cfg(&[&nodes[0]], "workers = 1"));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    assert!(bin.output().contains("workers=1"));
+    let (mut kept, _) = ws(addr, "/ws?u=k", &[]).await;
+
+    std::fs::write(&path, cfg(&[&nodes[0], &nodes[1]], "workers = 1")).unwrap();
+    bin.signal("HUP");
+    bin.wait_for("configuration reloaded");
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        seen.insert(http_node(addr, &format!("/info?u={i}"), &[]).await);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the added backend joined placement: {seen:?}"
+    );
+    send_text(&mut kept, "still here").await;
+    assert_eq!(next_text(&mut kept).await, "still here");
+
+    bin.signal("TERM");
+    match tokio::time::timeout(PATIENCE, kept.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    assert!(bin.wait_exit().success());
+}
+
 #[tokio::test]
 async fn a_second_signal_exits_without_waiting_for_the_drain() {
     let held = HeldBackend::start().await;
