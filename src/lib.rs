@@ -27,6 +27,7 @@
 //! - [`shutdown`]: the drain signal and task accounting.
 //! - [`probe`]: active health probes, one task per backend.
 //! - [`rebalance`]: closing a dead backend's tunnels; draining misplaced tunnels back.
+//! - [`heap`]: giving freed heap pages back to the kernel after bursts.
 //! - [`demo`]: the demo app nodes of `tether demo` (also the tests' tagged backends).
 //!
 //! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners,
@@ -39,6 +40,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod heap;
 pub mod listener;
 pub mod metrics;
 pub mod principal;

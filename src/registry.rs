@@ -334,11 +334,21 @@ impl Registry {
 
     /// Live tunnels in all.
     pub fn len(&self) -> usize {
-        self.lock().by_backend.values().map(HashMap::len).sum()
+        self.churn().1
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Changes whenever a tunnel is registered or deregistered: (registrations ever,
+    /// live tunnels).
+    pub fn churn(&self) -> (u64, usize) {
+        let inner = self.lock();
+        (
+            inner.next_id,
+            inner.by_backend.values().map(HashMap::len).sum(),
+        )
     }
 }
 
@@ -370,6 +380,8 @@ mod tests {
     fn counts_follow_registrations() {
         let r = Arc::new(Registry::default());
         let (app, other): (Arc<str>, Arc<str>) = ("app".into(), "other".into());
+        let quiet = r.churn();
+        assert_eq!(r.churn(), quiet, "nothing happened");
         let t1 = r.register(app.clone(), "r".into(), key("a"), 1, None);
         let t2 = r.register(app.clone(), "r".into(), key("a"), 2, None);
         let t3 = r.register(other.clone(), "r".into(), key("a"), 3, None);
@@ -382,8 +394,11 @@ mod tests {
             ),
             (2, 2, 1, 3)
         );
+        let opened = r.churn();
+        assert_ne!(opened, quiet);
         drop(t1);
         drop(t3);
+        assert_ne!(r.churn(), opened, "closes are churn too");
         assert_eq!(
             (
                 r.load(&app, &key("a")),

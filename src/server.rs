@@ -18,14 +18,17 @@ use crate::registry::CloseReason;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 use crate::upstream::health::now_ms;
-use crate::{admin, probe, rebalance};
+use crate::{admin, heap, probe, rebalance};
 
 /// How often idle tunnels are looked for: idle timeouts are honoured to within this.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
-/// Closes tunnels that have been idle past their route's `idle_timeout` (1001).
+/// Closes tunnels that have been idle past their route's `idle_timeout` (1001), and
+/// after a second in which tunnels opened or closed gives the freed heap back
+/// ([`heap::trim`]), so a burst of handshakes does not leave its buffers resident.
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
+    let mut churn = live.registry.churn();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -34,6 +37,11 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
         let closed = live.registry.close_idle(now_ms());
         if closed > 0 {
             debug!(closed, "closed idle tunnels");
+        }
+        let now = live.registry.churn();
+        if now != churn {
+            churn = now;
+            heap::trim();
         }
     }
 }

@@ -85,6 +85,9 @@ pub async fn message_cpu(t: &Target, conns: usize, rate: u64) -> f64 {
     cpu as f64 / n.max(1) as f64
 }
 
+/// How long the idle memory figure waits for a proxy to settle before reading RSS.
+const SETTLE: Duration = Duration::from_millis(1500);
+
 /// Resident memory per idle tunnel: the RSS the target gains while holding `n` open,
 /// silent WebSockets. Returns KiB per tunnel.
 pub async fn idle_memory(t: &Target, n: usize) -> f64 {
@@ -97,7 +100,9 @@ pub async fn idle_memory(t: &Target, n: usize) -> f64 {
         warm.push(s);
     }
     drop(warm);
-    sleep(Duration::from_millis(300)).await;
+    // Settled states on both sides: a proxy may tidy up after churn (tether trims its
+    // heap once a second after tunnels open or close).
+    sleep(SETTLE).await;
     let before = rss_kb(&pids);
     let open = Rc::new(RefCell::new(Vec::with_capacity(n)));
     let mut tasks = JoinSet::new();
@@ -120,7 +125,7 @@ pub async fn idle_memory(t: &Target, n: usize) -> f64 {
         }
         while tasks.join_next().await.is_some() {}
     }
-    sleep(Duration::from_millis(500)).await;
+    sleep(SETTLE).await;
     let after = rss_kb(&pids);
     let held = open.borrow().len();
     assert!(
