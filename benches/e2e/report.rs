@@ -26,6 +26,8 @@ pub enum Figure {
 /// How a figure is judged.
 struct Spec {
     title: &'static str,
+    /// The chart panel's caption (the title's parenthesis is too long for a panel).
+    short: &'static str,
     unit: &'static str,
     /// `(bound, against_direct)`: tether ÷ best anchor must be at most `bound`, or for
     /// throughput tether ÷ direct at least `bound`.
@@ -65,54 +67,63 @@ impl Figure {
         match self {
             Figure::MessageCpu => Spec {
                 title: "proxy CPU per echoed 64 B message (100 conns, 20k msg/s)",
+                short: "proxy CPU per echoed 64 B message",
                 unit: "µs",
                 target: (0.8, false),
                 note: "≤ 0.8× better anchor",
             },
             Figure::IdleMemory => Spec {
                 title: "proxy RSS per idle WebSocket (5,000 idle)",
+                short: "proxy RSS per idle WebSocket",
                 unit: "KiB",
                 target: (0.8, false),
                 note: "≤ 0.8× better anchor",
             },
             Figure::ConnectionCpu => Spec {
                 title: "proxy CPU per WebSocket connection (open, echo, close; 50 concurrent)",
+                short: "proxy CPU per WebSocket connection",
                 unit: "µs",
                 target: (0.8, false),
                 note: "≤ 0.8× better anchor",
             },
             Figure::RequestCpu => Spec {
                 title: "proxy CPU per HTTP request (keep-alive, 50 conns)",
+                short: "proxy CPU per HTTP request",
                 unit: "µs",
                 target: (0.9, false),
                 note: "≤ 0.9× better anchor",
             },
             Figure::Throughput => Spec {
                 title: "16 KiB messages echoed (100 conns × 16 in flight)",
+                short: "16 KiB messages echoed",
                 unit: "MB/s",
                 target: (0.9, true),
                 note: "≥ 0.9× direct",
             },
             Figure::LoadedP50 => Spec {
                 title: "round trip p50 (100 conns, 5k msg/s)",
+                short: "round trip p50 at 5k msg/s",
                 unit: "µs",
                 target: (1.0, false),
                 note: "≤ better anchor",
             },
             Figure::LoadedP99 => Spec {
                 title: "round trip p99 (100 conns, 5k msg/s)",
+                short: "round trip p99 at 5k msg/s",
                 unit: "µs",
                 target: (1.0, false),
                 note: "≤ better anchor",
             },
             Figure::PingP50 => Spec {
                 title: "round trip p50 (1 conn ping-pong)",
+                short: "ping-pong round trip p50",
                 unit: "µs",
                 target: (1.0, false),
                 note: "≤ better anchor",
             },
             Figure::PingP99 => Spec {
                 title: "round trip p99 (1 conn ping-pong)",
+                short: "ping-pong round trip p99",
                 unit: "µs",
                 target: (1.0, false),
                 note: "≤ better anchor",
@@ -202,6 +213,30 @@ pub fn write(results: &Results, rounds: usize, machine: &str, dir: &Path) -> Str
             spec.note
         );
     }
+    // Every round, so the spread behind each median is on record.
+    let _ = writeln!(md, "\nEach round, in run order:\n");
+    let _ = writeln!(md, "| figure | direct | tether | nginx | HAProxy |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for f in Figure::ALL {
+        let rounds = |k: Kind| {
+            results.get(&(f, k)).map_or("–".to_owned(), |v| {
+                v.iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        };
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {} | {} | {} |",
+            f.spec().short,
+            f.spec().unit,
+            rounds(Kind::Direct),
+            rounds(Kind::Tether),
+            rounds(Kind::Nginx),
+            rounds(Kind::Haproxy)
+        );
+    }
     std::fs::write(dir.join("e2e.md"), &md).unwrap();
     chart(&medians, &dir.join("e2e.svg"));
     md
@@ -226,14 +261,11 @@ fn chart(medians: &HashMap<Figure, HashMap<Kind, f64>>, path: &Path) {
             .filter(|k| m.contains_key(k) && (*k != Kind::Direct || f.has_direct()))
             .collect();
         let max = kinds.iter().map(|k| m[k]).fold(0.0, f64::max).max(1e-9) * 1.2;
-        let title: String = spec
-            .title
-            .split(" (")
-            .next()
-            .unwrap_or(spec.title)
-            .to_owned();
         let Ok(mut c) = ChartBuilder::on(panel)
-            .caption(format!("{title} ({})", spec.unit), ("sans-serif", 14))
+            .caption(
+                format!("{} ({})", spec.short, spec.unit),
+                ("sans-serif", 14),
+            )
             .margin(12)
             .x_label_area_size(24)
             .y_label_area_size(52)
