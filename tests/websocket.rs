@@ -1,6 +1,7 @@
 //! WebSocket tunnels: large and many messages echo intact and in order, control frames
 //! pass, bytes pipelined behind the handshake are not lost, a refused upgrade is an
-//! ordinary response, closes and half-closes from either side end the tunnel, and the
+//! ordinary response, closes and half-closes from either side end the tunnel (a
+//! completed closing handshake at the first end of stream), and the
 //! idle timeout closes quiet tunnels but not ones with a heartbeat.
 
 mod common;
@@ -121,6 +122,25 @@ async fn a_client_close_handshake_ends_the_tunnel() {
         .await
         .expect("tunnel did not end")
     {}
+    proxy.stop().await;
+}
+
+/// After a complete closing handshake the backend's end of stream ends the tunnel at
+/// once: a client that never closes its socket does not hold it open.
+#[tokio::test]
+async fn a_completed_close_handshake_frees_the_tunnel_without_the_clients_fin() {
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let mut s = raw_ws(proxy.addr, "/ws").await;
+    assert_eq!(proxy.live.registry.len(), 1);
+    s.write_all(&client_frame(8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (op, _) = read_frame(&mut s).await.expect("no Close reply");
+    assert_eq!(op, 8);
+    // The client keeps its socket open; the tunnel is gone all the same.
+    eventually(|| async { proxy.live.registry.is_empty().then_some(()) }).await;
+    assert!(closes(&mut s).await);
     proxy.stop().await;
 }
 

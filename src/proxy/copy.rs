@@ -97,9 +97,14 @@ impl Flow {
         }
     }
 
+    /// Nothing read and not yet written on.
+    fn is_empty(&self) -> bool {
+        self.pos >= self.pending.len()
+    }
+
     /// Nothing buffered and the stream sits between frames: a Close frame can go now.
     fn between_frames(&self) -> bool {
-        self.pos >= self.pending.len() && self.frames.at_boundary()
+        self.is_empty() && self.frames.at_boundary()
     }
 }
 
@@ -151,7 +156,11 @@ where
         self
     }
 
-    /// Ready when both directions have finished, or at the first I/O error.
+    /// Ready when both directions have finished, or at the first I/O error. Once both
+    /// sides have sent a WebSocket Close frame nothing more may flow, so the first end
+    /// of stream, passed on, ends the whole tunnel as it does in nginx: the other
+    /// side's end of stream is not waited for (a client that never closes its socket
+    /// would otherwise hold the tunnel until the idle timeout).
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
         let up = flow(
             cx,
@@ -187,11 +196,19 @@ where
         if self.down.frames.saw_close() && self.first_close.is_none() {
             self.first_close = Some(Side::Backend);
         }
-        if up.is_ready() && down.is_ready() {
+        let finished = up.is_ready() && down.is_ready();
+        let closed = self.closing_done()
+            && ((self.up.done && self.down.is_empty()) || (self.down.done && self.up.is_empty()));
+        if finished || closed {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
+    }
+
+    /// Both sides have sent a Close frame: the WebSocket closing handshake is complete.
+    fn closing_done(&self) -> bool {
+        self.up.frames.saw_close() && self.down.frames.saw_close()
     }
 
     /// Who ended the conversation: the side that sent the first Close frame, else the
