@@ -97,7 +97,7 @@ impl Flow {
         }
     }
 
-    /// Nothing read and not yet written on.
+    /// Every byte read has been written on.
     fn is_empty(&self) -> bool {
         self.pos >= self.pending.len()
     }
