@@ -2,6 +2,7 @@
 //! itself is the library's [`tether::run`].
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

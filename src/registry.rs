@@ -399,6 +399,11 @@ mod tests {
         drop(t1);
         drop(t3);
         assert_ne!(r.churn(), opened, "closes are churn too");
+        // One closed and one opened between two looks: the same count, still churn.
+        let before = r.churn();
+        let t4 = r.register(other.clone(), "r".into(), key("b"), 4, None);
+        drop(t4);
+        assert_ne!(r.churn(), before);
         assert_eq!(
             (
                 r.load(&app, &key("a")),

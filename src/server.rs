@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -23,12 +23,19 @@ use crate::{admin, heap, probe, rebalance};
 /// How often idle tunnels are looked for: idle timeouts are honoured to within this.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
+/// Under steady churn the heap is trimmed at most this often.
+const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
 /// Closes tunnels that have been idle past their route's `idle_timeout` (1001), and
-/// after a second in which tunnels opened or closed gives the freed heap back
-/// ([`heap::trim`]), so a burst of handshakes does not leave its buffers resident.
+/// gives the heap freed by tunnel churn back ([`heap::trim`]): once the churn stops
+/// (a second in which no tunnel opened or closed), or every minute while it goes on.
+/// So a burst of handshakes does not leave its buffers resident, and the trim's
+/// pause (up to a few ms on a large heap) is rare.
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
     let mut churn = live.registry.churn();
+    let mut untrimmed = false;
+    let mut trimmed = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -39,9 +46,13 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
             debug!(closed, "closed idle tunnels");
         }
         let now = live.registry.churn();
-        if now != churn {
-            churn = now;
+        let quiet = now == churn;
+        churn = now;
+        untrimmed |= !quiet;
+        if untrimmed && (quiet || trimmed.elapsed() >= TRIM_AT_MOST_EVERY) {
             heap::trim();
+            untrimmed = false;
+            trimmed = Instant::now();
         }
     }
 }

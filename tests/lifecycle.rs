@@ -338,6 +338,8 @@ async fn one_worker_serves_reloads_and_drains_like_many() {
     let mut bin = Binary::spawn(&["run", "--config", &path]);
     let addr = bin.wait_listening();
     assert!(bin.output().contains("workers=1"));
+    // One thread in all: the runtime runs on the main thread, no worker beside it.
+    assert_eq!(bin.proc_status_kb("Threads:"), 1);
     let (mut kept, _) = ws(addr, "/ws?u=k", &[]).await;
 
     std::fs::write(&path, cfg(&[&nodes[0], &nodes[1]], "workers = 1")).unwrap();

@@ -86,7 +86,7 @@ pub async fn message_cpu(t: &Target, conns: usize, rate: u64) -> f64 {
 }
 
 /// How long the idle memory figure waits for a proxy to settle before reading RSS.
-const SETTLE: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Resident memory per idle tunnel: the RSS the target gains while holding `n` open,
 /// silent WebSockets. Returns KiB per tunnel.
@@ -101,7 +101,7 @@ pub async fn idle_memory(t: &Target, n: usize) -> f64 {
     }
     drop(warm);
     // Settled states on both sides: a proxy may tidy up after churn (tether trims its
-    // heap once a second after tunnels open or close).
+    // heap at the first quiet second after tunnels opened or closed, within 2 s).
     sleep(SETTLE).await;
     let before = rss_kb(&pids);
     let open = Rc::new(RefCell::new(Vec::with_capacity(n)));

@@ -97,14 +97,16 @@ impl Flow {
         }
     }
 
-    /// Every byte read has been written on.
-    fn is_empty(&self) -> bool {
-        self.pos >= self.pending.len()
-    }
-
     /// Nothing buffered and the stream sits between frames: a Close frame can go now.
     fn between_frames(&self) -> bool {
-        self.is_empty() && self.frames.at_boundary()
+        self.pos >= self.pending.len() && self.frames.at_boundary()
+    }
+
+    /// Everything read has been written and flushed, up to a frame boundary, and no
+    /// end of stream is still being passed on: stopping now loses nothing. (A Close
+    /// frame counts as seen once its header is read; this waits for its payload.)
+    fn settled(&self) -> bool {
+        self.between_frames() && !self.unflushed && !self.eof
     }
 }
 
@@ -198,7 +200,7 @@ where
         }
         let finished = up.is_ready() && down.is_ready();
         let closed = self.closing_done()
-            && ((self.up.done && self.down.is_empty()) || (self.down.done && self.up.is_empty()));
+            && ((self.up.done && self.down.settled()) || (self.down.done && self.up.settled()));
         if finished || closed {
             Poll::Ready(Ok(()))
         } else {
@@ -405,6 +407,35 @@ mod tests {
     use super::*;
     use std::future::poll_fn;
     use tokio::io::duplex;
+
+    /// Both Close frames seen and the client gone: the tunnel ends, but not before the
+    /// rest of a backend Close frame whose header has already passed.
+    #[tokio::test]
+    async fn a_close_frame_split_across_reads_is_passed_on_whole() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let task = tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.unwrap() });
+
+        let reply = close_frame(1000, "bye", None);
+        backend_peer.write_all(&reply[..3]).await.unwrap();
+        let mut head = [0u8; 3];
+        client_peer.read_exact(&mut head).await.unwrap();
+        // The client's Close, then its end of stream, reach the backend.
+        let close = close_frame(1000, "", Some([1, 2, 3, 4]));
+        client_peer.write_all(&close).await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        // The rest of the backend's Close still reaches the client.
+        backend_peer.write_all(&reply[3..]).await.unwrap();
+        backend_peer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client_peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!([&head[..], &rest[..]].concat(), reply);
+        task.await.unwrap();
+    }
 
     #[tokio::test]
     async fn copies_both_ways_with_prefixes_and_half_close() {
