@@ -207,9 +207,14 @@ async fn reload(server: &Server, path: &Path) {
         error!("{keep}: {why}");
         server.reload_failed(&why);
     };
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return failed(e.to_string()),
+    // Reading files and resolving backend host names block: off the runtime's
+    // threads, so a slow resolver never stalls traffic (with `workers = 1` there is
+    // no other thread to carry it).
+    let file = path.to_owned();
+    let config = match tokio::task::spawn_blocking(move || Config::load(&file)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(e) => return failed(format!("loading the configuration failed: {e}")),
     };
     let fresh = match bind(tether::reload::binds_to_open(&server.listening(), &config)).await {
         Ok(l) => l,
