@@ -82,8 +82,12 @@ async function node(name) {
       ws.on('close', () => wsUsers.delete(user));
     });
   });
+  // Every socket, so the node can crash: destroyed without a goodbye.
+  const sockets = new Set();
+  server.on('connection', (sock) => { sockets.add(sock); sock.on('close', () => sockets.delete(sock)); });
+  const crash = () => { server.close(); for (const sock of sockets) sock.destroy(); };
   const port = await listen(server);
-  return { name, port, server, io };
+  return { name, port, server, io, crash };
 }
 
 // tether on an ephemeral port: the port is read from its "listening" log line.
@@ -138,7 +142,14 @@ backends = [${backends}]
   return { port, child, conf, dir, log: () => log };
 }
 
-function owner(bin, conf, key) {
+// What `tether owner` says for `key` (all backends up), or, with `without`, when that
+// backend is gone: placement then picks the next node, as with the backend removed.
+function owner(bin, conf, key, without) {
+  if (without) {
+    const other = conf.replace(/\.toml$/, `-without-${without}.toml`);
+    fs.writeFileSync(other, fs.readFileSync(conf, 'utf8').replace(new RegExp(`\\{ addr = "[^"]+", name = "${without}" \\},? ?`), ''));
+    conf = other;
+  }
   return new Promise((res, rej) => {
     const c = spawn(bin, ['owner', '--config', conf, '--upstream', 'app', key]);
     let out = '';
@@ -148,7 +159,7 @@ function owner(bin, conf, key) {
 }
 
 
-async function socketIo(base, bin, conf, user, transports) {
+async function socketIo(base, user, transports) {
   const s = ioClient(base, { path: '/socket.io/', query: { userId: user }, transports, reconnection: false, forceNew: true });
   const hello = await withTimeout(new Promise((res, rej) => { s.on('hello', res); s.on('connect_error', rej); }), 5000, `socket.io hello ${user}`);
   // Wait for the polling -> websocket upgrade when both are allowed.
@@ -208,11 +219,11 @@ try {
   for (let i = 0; i < 12; i++) {
     const user = `io-user-${i}`;
     const want = await owner(bin, t.conf, user);
-    const { hello, reply } = await socketIo(base, bin, t.conf, user, ['polling', 'websocket']);
+    const { hello, reply } = await socketIo(base, user, ['polling', 'websocket']);
     seen.add(hello.node);
     if (hello.node !== want || reply.node !== want) fail(`socket.io ${user}: owner ${want}, hello ${hello.node}, reply ${reply.node}`);
     if (reply.transport !== 'websocket') fail(`socket.io ${user} did not upgrade: ${reply.transport}`);
-    const ws = await socketIo(base, bin, t.conf, user, ['websocket']);
+    const ws = await socketIo(base, user, ['websocket']);
     if (ws.hello.node !== want) fail(`socket.io ws-only ${user}: owner ${want}, got ${ws.hello.node}`);
   }
   if (seen.size !== 3) fail(`socket.io users used ${seen.size} nodes`);
@@ -245,6 +256,39 @@ try {
   const code = await withTimeout(closed, 5000, 'ws close');
   if (code !== 1000) fail(`close code ${code}`);
   console.log('ws: permessage-deflate, subprotocol, 256 KiB echo, push, clean close');
+
+  // A node crashes. Its Socket.IO clients are closed by tether (1012), reconnect on
+  // their own (polling, then the upgrade) and land on their next node; every other
+  // client keeps its connection.
+  const clients = await Promise.all(Array.from({ length: 30 }, async (_, i) => {
+    const user = `fo-${i}`;
+    const s = ioClient(base, { path: '/socket.io/', query: { userId: user }, forceNew: true, reconnectionDelay: 50, reconnectionDelayMax: 200 });
+    const c = { user, s, nodes: [], disconnects: [], waiters: [] };
+    s.on('hello', (h) => { c.nodes.push(h.node); c.waiters.splice(0).forEach((w) => w()); });
+    s.on('disconnect', (why) => c.disconnects.push(why));
+    c.hellos = (n) => withTimeout(new Promise((res) => { if (c.nodes.length >= n) res(); else c.waiters.push(() => c.nodes.length >= n && res()); }), 10000, `socket.io ${user} hello #${n}`);
+    await c.hellos(1);
+    await withTimeout(new Promise((res) => { if (s.io.engine.transport.name === 'websocket') res(); else s.io.engine.on('upgrade', res); }), 5000, `socket.io upgrade ${user}`);
+    return c;
+  }));
+  const victim = nodes[1];
+  const moved = clients.filter((c) => c.nodes[0] === victim.name);
+  if (moved.length === 0 || moved.length === clients.length) fail(`${moved.length} of ${clients.length} clients on ${victim.name}`);
+  victim.crash();
+  // Reconnecting clients keep retrying (reconnectionDelay 50 ms) until they land.
+  await Promise.all(moved.map((c) => c.hellos(2)));
+  for (const c of moved) {
+    const next = await owner(bin, t.conf, c.user, victim.name);
+    if (c.nodes[1] !== next) fail(`socket.io ${c.user} reconnected to ${c.nodes[1]}, next node is ${next}`);
+    const reply = await withTimeout(c.s.emitWithAck('echo', 'after'), 5000, `echo after failover ${c.user}`);
+    if (reply.node !== next) fail(`socket.io ${c.user} answered by ${reply.node} after failover`);
+  }
+  const others = clients.filter((c) => !moved.includes(c));
+  for (const c of others) {
+    if (c.disconnects.length || c.nodes.length !== 1) fail(`socket.io ${c.user} on ${c.nodes[0]} was disturbed: ${c.disconnects}`);
+  }
+  for (const c of clients) c.s.close();
+  console.log(`failover: ${moved.length} socket.io clients of crashed ${victim.name} reconnected to their next node, ${others.length} others undisturbed`);
 } catch (e) {
   fail(e.stack || e);
 } finally {
