@@ -32,6 +32,9 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpgradeLabels {
     pub route: String,
+    /// How the client asked: `http/1.1` (`Upgrade: websocket`) or `h2` (RFC 8441
+    /// extended CONNECT).
+    pub protocol: &'static str,
     /// `ok` (tunnel opened), `refused` (the backend answered something else, relayed),
     /// `failed` (no backend, a timeout or a bad answer: tether answered 5xx).
     pub result: String,
@@ -119,7 +122,7 @@ impl Metrics {
         );
         registry.register(
             "upgrades",
-            "WebSocket upgrade requests, by route and result",
+            "WebSocket upgrade requests, by route, client protocol and result",
             m.upgrades.clone(),
         );
         registry.register(

@@ -59,6 +59,10 @@ async fn wss_through_tether_in_headless_chromium() {
         .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
         .await;
     assert_eq!(protocol, "h2");
+    // Chromium opened its WebSocket on that connection with an extended CONNECT
+    // (RFC 8441), which tether answered 200 and tunnelled to the HTTP/1.1 node.
+    assert_eq!(upgrades_ok(&proxy, "h2"), 1);
+    assert_eq!(upgrades_ok(&proxy, "http/1.1"), 0);
     let shot = std::env::temp_dir().join("tether-wss-demo.png");
     browser.screenshot(&shot).await;
     eprintln!("screenshot: {}", shot.display());

@@ -108,7 +108,11 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         1.0
     );
     assert_eq!(
-        value(&after, "tether_upgrades_total", &[("result", "ok")]),
+        value(
+            &after,
+            "tether_upgrades_total",
+            &[("result", "ok"), ("protocol", "http/1.1")]
+        ),
         6.0
     );
     assert_eq!(

@@ -244,6 +244,8 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
             other => panic!("{other:?}"),
         }
     }
+    assert_eq!(upgrades_ok(&proxy, "h2"), 6);
+    assert_eq!(upgrades_ok(&proxy, "http/1.1"), 0);
     proxy.stop().await;
 }
 

@@ -55,6 +55,16 @@ pub enum Flavor {
     Http2,
 }
 
+impl Flavor {
+    /// The `protocol` label of `tether_upgrades_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Flavor::Http1 => "http/1.1",
+            Flavor::Http2 => "h2",
+        }
+    }
+}
+
 /// The WebSocket flavour of `req`, if it asks for one.
 pub fn flavor<B>(req: &Request<B>) -> Option<Flavor> {
     if req.method() == Method::GET
@@ -115,6 +125,7 @@ impl Proxy {
         let m = &self.live.metrics;
         let labels = UpgradeLabels {
             route: route.label.to_string(),
+            protocol: flavor.label(),
             result: outcome.to_owned(),
         };
         m.upgrades.get_or_create(&labels).inc();

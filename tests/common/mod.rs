@@ -19,6 +19,7 @@ use serde_json::Value;
 use tether::config::Config;
 use tether::demo::Node;
 use tether::listener::Kind;
+use tether::metrics::UpgradeLabels;
 use tether::{Listener, Live};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -589,4 +590,15 @@ impl Drop for HeldBackend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// WebSocket upgrades `proxy` counted as opened on route "/" for `protocol`
+/// (`"http/1.1"` or `"h2"`, the `protocol` label of `tether_upgrades_total`).
+pub fn upgrades_ok(proxy: &Proxy, protocol: &'static str) -> u64 {
+    let labels = UpgradeLabels {
+        route: "/".into(),
+        protocol,
+        result: "ok".into(),
+    };
+    proxy.live.metrics.upgrades.get_or_create(&labels).get()
 }
