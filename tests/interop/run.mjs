@@ -95,37 +95,14 @@ async function startTether(bin, nodes) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tether-interop-'));
   const conf = path.join(dir, 'tether.toml');
   const backends = nodes.map((n) => `{ addr = "127.0.0.1:${n.port}", name = "${n.name}" }`).join(', ');
-  fs.writeFileSync(conf, `
-[[listener]]
-bind = "127.0.0.1:0"
-
-[[route]]
-path = "/socket.io/"
-upstream = "app"
-principal = ["query:userId"]
-fallback = "reject"
-
-[[route]]
-path = "/stomp/"
-upstream = "app"
-principal = ["path:3"]
-fallback = "ip"              # /stomp/info has no session yet
-
-[[route]]
-path = "/ws/"
-upstream = "app"
-principal = ["path:2"]
-fallback = "reject"
-
-[[route]]
-path = "/push/"
-upstream = "app"
-principal = ["path:2"]
-fallback = "reject"
-
-[upstream.app]
-backends = [${backends}]
-`);
+  // path prefix, principal source, fallback (/stomp/info has no session yet: "ip").
+  const routes = [
+    ['/socket.io/', 'query:userId', 'reject'],
+    ['/stomp/', 'path:3', 'ip'],
+    ['/ws/', 'path:2', 'reject'],
+    ['/push/', 'path:2', 'reject'],
+  ].map(([p, source, fallback]) => `[[route]]\npath = "${p}"\nupstream = "app"\nprincipal = ["${source}"]\nfallback = "${fallback}"\n`);
+  fs.writeFileSync(conf, `[[listener]]\nbind = "127.0.0.1:0"\n\n${routes.join('\n')}\n[upstream.app]\nbackends = [${backends}]\n`);
   const child = spawn(bin, ['run', '--config', conf], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' },
