@@ -19,7 +19,7 @@ use tokio::time::{Instant, interval, sleep};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::measure::{cpu_ns, rss_kb};
+use crate::measure::{cpu, rss_kb};
 use crate::targets::Target;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -49,19 +49,32 @@ async fn echo(s: &mut Ws, m: Message) -> bool {
     }
 }
 
-/// Runs `work` for warm-up plus window; returns (the target's CPU ns, units of work)
-/// during the window. `done` counts finished units.
-async fn window(t: &Target, done: &Rc<Cell<u64>>) -> (u64, u64) {
+/// The target's CPU per unit of work, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost {
+    pub total: f64,
+    /// The part spent in the kernel (system calls and the network stack).
+    pub kernel: f64,
+}
+
+/// Lets the work run for warm-up plus window; returns the target's CPU per unit of
+/// work during the window. `done` counts finished units.
+async fn window(t: &Target, done: &Rc<Cell<u64>>) -> Cost {
     sleep(WARM_UP).await;
     let pids = t.pids();
-    let (cpu0, n0) = (cpu_ns(&pids), done.get());
+    let (cpu0, n0) = (cpu(&pids), done.get());
     sleep(WINDOW).await;
-    (cpu_ns(&pids) - cpu0, done.get() - n0)
+    let (ns, kernel) = cpu0.since(cpu(&pids));
+    let n = (done.get() - n0).max(1) as f64;
+    Cost {
+        total: ns as f64 / n,
+        kernel: kernel as f64 / n,
+    }
 }
 
 /// Proxy CPU per echoed 64-byte message, `conns` connections at `rate` messages/s in
-/// all. Returns ns per message.
-pub async fn message_cpu(t: &Target, conns: usize, rate: u64) -> f64 {
+/// all.
+pub async fn message_cpu(t: &Target, conns: usize, rate: u64) -> Cost {
     let done = Rc::new(Cell::new(0u64));
     let mut tasks = JoinSet::new();
     let period = Duration::from_secs_f64(conns as f64 / rate as f64);
@@ -80,9 +93,9 @@ pub async fn message_cpu(t: &Target, conns: usize, rate: u64) -> f64 {
             }
         });
     }
-    let (cpu, n) = window(t, &done).await;
+    let cost = window(t, &done).await;
     tasks.shutdown().await;
-    cpu as f64 / n.max(1) as f64
+    cost
 }
 
 /// How long the idle memory figure waits for a proxy to settle before reading RSS.
@@ -139,8 +152,8 @@ pub async fn idle_memory(t: &Target, n: usize) -> f64 {
 }
 
 /// Proxy CPU per WebSocket connection (open, one echo, close), `concurrency` clients
-/// in a loop. Returns ns per connection.
-pub async fn connection_cpu(t: &Target, concurrency: usize) -> f64 {
+/// in a loop.
+pub async fn connection_cpu(t: &Target, concurrency: usize) -> Cost {
     let done = Rc::new(Cell::new(0u64));
     let mut tasks = JoinSet::new();
     for worker in 0..concurrency {
@@ -162,14 +175,13 @@ pub async fn connection_cpu(t: &Target, concurrency: usize) -> f64 {
             }
         });
     }
-    let (cpu, n) = window(t, &done).await;
+    let cost = window(t, &done).await;
     tasks.shutdown().await;
-    cpu as f64 / n.max(1) as f64
+    cost
 }
 
-/// Proxy CPU per plain HTTP request on `conns` keep-alive connections. Returns ns per
-/// request.
-pub async fn request_cpu(t: &Target, conns: usize) -> f64 {
+/// Proxy CPU per plain HTTP request on `conns` keep-alive connections.
+pub async fn request_cpu(t: &Target, conns: usize) -> Cost {
     let done = Rc::new(Cell::new(0u64));
     let mut tasks = JoinSet::new();
     for id in 0..conns {
@@ -198,9 +210,9 @@ pub async fn request_cpu(t: &Target, conns: usize) -> f64 {
             }
         });
     }
-    let (cpu, n) = window(t, &done).await;
+    let cost = window(t, &done).await;
     tasks.shutdown().await;
-    cpu as f64 / n.max(1) as f64
+    cost
 }
 
 /// Echo throughput with `size`-byte messages, `conns` connections × `inflight`

@@ -97,26 +97,21 @@ async fn run(rounds: usize) -> Results {
         }
         let order: Vec<&Target> = turn.iter().map(|&i| &targets[i]).collect();
         let proxies = || order.iter().copied().filter(|t| t.kind != Kind::Direct);
+        // CPU figures in µs, each with the part of it spent in the kernel.
         for t in proxies().filter(|_| figure("message")) {
-            record(
-                Figure::MessageCpu,
-                t.kind,
-                load::message_cpu(t, 100, 20_000).await / 1e3,
-            );
+            let cost = load::message_cpu(t, 100, 20_000).await;
+            record(Figure::MessageCpu, t.kind, cost.total / 1e3);
+            record(Figure::MessageKernel, t.kind, cost.kernel / 1e3);
         }
         for t in proxies().filter(|_| figure("connection")) {
-            record(
-                Figure::ConnectionCpu,
-                t.kind,
-                load::connection_cpu(t, 50).await / 1e3,
-            );
+            let cost = load::connection_cpu(t, 50).await;
+            record(Figure::ConnectionCpu, t.kind, cost.total / 1e3);
+            record(Figure::ConnectionKernel, t.kind, cost.kernel / 1e3);
         }
         for t in proxies().filter(|_| figure("request")) {
-            record(
-                Figure::RequestCpu,
-                t.kind,
-                load::request_cpu(t, 50).await / 1e3,
-            );
+            let cost = load::request_cpu(t, 50).await;
+            record(Figure::RequestCpu, t.kind, cost.total / 1e3);
+            record(Figure::RequestKernel, t.kind, cost.kernel / 1e3);
         }
         for t in order.iter().filter(|_| figure("throughput")) {
             record(
