@@ -53,9 +53,21 @@ fn check_reports_file_line_column_and_exits_1() {
 
     let (code, _, err) = tether(&["check", "--config", "/nonexistent/tether.toml"]);
     assert_eq!(code, 1);
-    assert!(
-        err.starts_with("/nonexistent/tether.toml: cannot read"),
-        "{err}"
+    assert_eq!(
+        err.trim(),
+        "/nonexistent/tether.toml: cannot read: No such file or directory (os error 2)",
+        "the cause once"
+    );
+
+    let (_dir, path) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"127.0.0.1:1\"]\nconnect_timeout = \"0s\"\n",
+    );
+    let (code, _, err) = tether(&["check", "--config", &path]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        format!("{path}:8:19: a duration must be more than 0")
     );
 }
 

@@ -100,11 +100,12 @@ pub struct RouteConfig {
 /// A configuration error, printed as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{origin}: cannot read: {source}")]
+    /// The I/O error is part of the message, not a `source`: printing the chain would
+    /// repeat it.
+    #[error("{origin}: cannot read: {cause}")]
     Read {
         origin: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{origin}:{line}:{column}: {message}")]
     At {
@@ -119,9 +120,9 @@ impl Config {
     /// Reads and parses the file at `path`; errors name the path as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             origin: origin.clone(),
-            source,
+            cause,
         })?;
         Config::parse(&text, &origin)
     }
@@ -397,10 +398,11 @@ pub(crate) fn duration_or(
 
 pub(crate) fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
     match parse_duration(v.get_ref()) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => invalid(
+        Some(d) if d.is_zero() => invalid(v.span(), "a duration must be more than 0"),
+        Some(d) => Ok(d),
+        None => invalid(
             v.span(),
-            "a duration is a number with a unit: \"500ms\", \"10s\", \"5m\", \"1h\"",
+            "a duration is a whole number with a unit: \"500ms\", \"10s\", \"5m\", \"1h\"",
         ),
     }
 }
