@@ -33,6 +33,17 @@ const BAD: &[(&str, &[u8], &str)] = &[
         "HTTP/1.1 400",
     ),
     (
+        // The body would reach the backend still gzipped, with nothing saying so.
+        "a transfer coding besides chunked",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 501",
+    ),
+    (
+        "chunked twice",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 501",
+    ),
+    (
         "CONNECT",
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         "HTTP/1.1 405",

@@ -326,6 +326,26 @@ async fn a_hung_backend_is_timed_out_and_routed_around() {
 }
 
 #[tokio::test]
+async fn when_every_backend_hangs_the_client_hears_504_not_502() {
+    let (hung, task) = hung_backend().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ addr = \"{hung}\", name = \"hung\" }}]\n\
+         upgrade_timeout = \"200ms\"\nresponse_timeout = \"200ms\"\n\
+         [upstream.app.health]\ninterval = \"1h\"\npassive_fails = 1000\n"
+    );
+    let proxy = Proxy::start(&toml).await;
+    // The backend accepted: "no backend accepted a connection" would be false.
+    let (status, _, body) = http(proxy.addr, get("t", "/info", &[])).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("`hung` did not answer in time"));
+    let (_, head) = raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    task.abort();
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn bounded_load_keeps_every_backend_under_its_cap() {
     let nodes = nodes(&["a", "b", "c"]).await;
     let proxy = Proxy::start(&config(

@@ -74,3 +74,78 @@ async fn backend_statuses_and_bodies_are_relayed() {
     );
     proxy.stop().await;
 }
+
+/// A backend that answers every request head with `answer`, whatever it asked.
+async fn scripted_backend(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn one_backend(addr: std::net::SocketAddr) -> String {
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [{{ addr = \"{addr}\", name = \"only\" }}]\n"
+    )
+}
+
+#[tokio::test]
+async fn a_response_framed_both_ways_loses_its_content_length() {
+    // Chunked wins over Content-Length (RFC 9112 §6.3); forwarding the stale length
+    // would cut the body short or leave the client waiting for bytes that never come.
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let (status, headers, body) = http(proxy.addr, get("t", "/", &[])).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"hello");
+    assert_ne!(
+        headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"3"[..])
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_backend_answer_is_a_502_that_names_the_cause_and_is_logged() {
+    let backend =
+        scripted_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+    let (_dir, path) = write_config(&one_backend(backend));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    let (status, _, body) = http(addr, get("t", "/", &[])).await;
+    assert_eq!(status, 502);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("backend `only` failed"), "{body}");
+    assert!(
+        body.contains("content-length"),
+        "the cause is missing: {body}"
+    );
+    // At the default level, as nginx logs `upstream sent invalid header` at `error`.
+    let line = bin.wait_for("request failed");
+    assert!(
+        line.contains("WARN") && line.contains("backend=\"only\""),
+        "{line}"
+    );
+}

@@ -24,6 +24,8 @@ pub enum ProxyError {
     ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("CONNECT is not supported: tether is a reverse proxy")]
     Connect,
+    #[error("transfer codings other than a single `chunked` are not supported")]
+    TransferCoding,
     #[error("this route places requests by {expected}, and the request carries none of them")]
     NoPrincipal { expected: String },
     #[error("no backend of upstream `{upstream}` accepted a connection")]
@@ -57,14 +59,18 @@ impl ProxyError {
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
     /// What the client receives: the status and a one-line plain-text reason. Client
-    /// faults close the connection, since the client is misbehaving.
+    /// faults close the connection, since the client is misbehaving, and so does a
+    /// body tether cannot pass on.
     pub fn response(&self) -> Response<Body> {
         let status = self.status();
-        let body = format!("tether: {self}\n");
+        // With every cause: hyper's "client error (SendRequest)" alone reads like the
+        // client's fault.
+        let body = format!("tether: {}\n", chain(self));
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -72,7 +78,9 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if status.is_client_error() && status != StatusCode::NOT_FOUND {
+        if status.is_client_error() && status != StatusCode::NOT_FOUND
+            || matches!(self, ProxyError::TransferCoding)
+        {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
@@ -121,6 +129,7 @@ mod tests {
             (ProxyError::DuplicateHost, 400),
             (ProxyError::InvalidHost, 400),
             (ProxyError::Connect, 405),
+            (ProxyError::TransferCoding, 501),
             (ProxyError::ClientBody(io()), 400),
             (
                 ProxyError::NoPrincipal {

@@ -10,9 +10,10 @@
 //!   discarded and replaced by what tether saw. From a peer in `trusted_proxies` the
 //!   `X-Forwarded-For` chain is extended with the peer, and `X-Forwarded-Proto/-Host/
 //!   -Port` are kept if present (the outer balancer knows the client-facing values).
-//! - `X-Forwarded-Port` is the port the client addressed: the `Host` port if it has
-//!   one, else the scheme's default. That is what apps rebuild URLs and check
-//!   `Origin` with; the local listener port may differ behind NAT.
+//! - `X-Forwarded-Port` is the port the client addressed: the port of
+//!   `X-Forwarded-Host` (the `Host`, or the outer balancer's value) if it has one, else
+//!   the default of `X-Forwarded-Proto` (likewise). That is what apps rebuild URLs and
+//!   check `Origin` with; the local listener port may differ behind NAT.
 //! - The client address (for `X-Real-IP` and the `ip` principal) is the peer, or for a
 //!   trusted peer the right-most address in `X-Forwarded-For` that is not itself a
 //!   trusted proxy (nginx's `real_ip_recursive on`).
@@ -83,6 +84,23 @@ pub fn join_cookies(headers: &mut HeaderMap) {
         .collect();
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(COOKIE, v);
+    }
+}
+
+/// True unless `headers` name a transfer coding other than a single `chunked`. tether
+/// (hyper) decodes `chunked` and no other coding, so a body sent as `gzip, chunked`
+/// would reach the backend still compressed with nothing saying so; nginx answers
+/// such a request 501 too.
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match codings.next() {
+        None => true,
+        Some(c) => c.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
     }
 }
 
@@ -190,14 +208,22 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         if !headers.contains_key(X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        if !headers.contains_key(X_FORWARDED_PORT) {
-            let port = match host_port(host) {
-                Some(p) => HeaderValue::from(p),
-                None if f.scheme == "https" => HeaderValue::from_static("443"),
-                None => HeaderValue::from_static("80"),
-            };
-            headers.insert(X_FORWARDED_PORT, port);
-        }
+    }
+    if !headers.contains_key(X_FORWARDED_PORT)
+        && let Some(host) = headers.get(X_FORWARDED_HOST)
+    {
+        // Host and scheme as the client used them: an outer balancer's where kept, so
+        // `https://shop.example` behind it is port 443, not tether's own 80.
+        let https = headers
+            .get(X_FORWARDED_PROTO)
+            .and_then(|v| v.as_bytes().split(|b| *b == b',').next())
+            .is_some_and(|p| p.trim_ascii().eq_ignore_ascii_case(b"https"));
+        let port = match host_port(host) {
+            Some(p) => HeaderValue::from(p),
+            None if https => HeaderValue::from_static("443"),
+            None => HeaderValue::from_static("80"),
+        };
+        headers.insert(X_FORWARDED_PORT, port);
     }
 }
 
@@ -360,6 +386,34 @@ mod tests {
         // An untrusted peer's chain is ignored entirely.
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(client_ip(other, &trusted, &spoofed), other);
+    }
+
+    #[test]
+    fn forwarded_port_follows_the_outer_balancers_host_and_scheme() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        for (outer, port) in [
+            (&[("x-forwarded-proto", "https")][..], "443"),
+            (&[("x-forwarded-proto", "HTTPS, http")][..], "443"),
+            (&[("x-forwarded-host", "outer.example:8443")][..], "8443"),
+            (&[("x-forwarded-host", "outer.example")][..], "80"),
+            (
+                &[("x-forwarded-proto", "https"), ("x-forwarded-port", "4443")][..],
+                "4443",
+            ),
+        ] {
+            let mut h = map(outer);
+            let host = HeaderValue::from_static("shop.example.com");
+            let f = Forwarding {
+                peer,
+                client: client_ip(peer, &trusted, &h),
+                trusted: true,
+                scheme: "http",
+                host: Some(&host),
+            };
+            set_forwarding(&mut h, &f);
+            assert_eq!(get(&h, "x-forwarded-port"), Some(port), "{outer:?}");
+        }
     }
 
     #[test]

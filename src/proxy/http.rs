@@ -8,7 +8,7 @@ use tracing::debug;
 
 use super::body::RetryBody;
 use super::error::{ProxyError, chain};
-use super::{Access, Body, Proxy, no_backend, relay};
+use super::{Access, Body, Proxy, exhausted, relay};
 use crate::config::human;
 use crate::principal::Principal;
 use crate::upstream::Upstream;
@@ -27,8 +27,12 @@ impl Proxy {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
         let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
-        let (backend, resp) = loop {
-            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
+        let mut last = None;
+        let resp = loop {
+            let Some(b) = candidates.next() else {
+                return Err(exhausted(last, upstream, access));
+            };
+            access.backend = Some(b.id.clone());
             let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
                 backend: b.id.clone(),
                 source: e,
@@ -39,7 +43,7 @@ impl Proxy {
             *r.version_mut() = Version::HTTP_11;
             *r.headers_mut() = parts.headers.clone();
             match tokio::time::timeout(timeout, b.client().request(r)).await {
-                Ok(Ok(resp)) => break (b, resp),
+                Ok(Ok(resp)) => break resp,
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
                     self.passive_failure(upstream, b, &chain(&e))
@@ -52,17 +56,18 @@ impl Proxy {
                         b,
                         &format!("no response within {}", human(timeout)),
                     );
+                    let timeout = ProxyError::Timeout {
+                        backend: b.id.clone(),
+                    };
                     // Only a request that can safely be sent twice goes to the next node.
                     if !(parts.method.is_idempotent() && body.untouched()) {
-                        return Err(ProxyError::Timeout {
-                            backend: b.id.clone(),
-                        });
+                        return Err(timeout);
                     }
+                    last = Some(timeout);
                 }
             }
         };
-        access.backend = Some(backend.id.clone());
-        debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
+        debug!(backend = access.backend.as_deref(), principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
         Ok(relay(resp))
     }
 }

@@ -31,14 +31,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
+use hyper::header::{
+    CONTENT_LENGTH, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use body::RetryBody;
 use error::{ProxyError, chain};
-use headers::{Forwarding, client_ip, is_trusted, join_cookies, set_forwarding, strip_hop_by_hop};
+use headers::{
+    Forwarding, client_ip, is_trusted, join_cookies, only_chunked, set_forwarding, strip_hop_by_hop,
+};
 
 use crate::metrics::{BackendLabels, RequestLabels};
 use crate::principal::{self, Fallback, Fingerprint, Principal};
@@ -98,6 +102,17 @@ impl Proxy {
         let mut access = Access::default();
         let mut resp = match self.forward(req, conn, &mut access).await {
             Ok(resp) => resp,
+            // A backend's failure is the operator's business (nginx logs it at
+            // `error`); a client's own is not, or any client could flood the log.
+            Err(e)
+                if matches!(
+                    e.status(),
+                    StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+                ) =>
+            {
+                warn!(route = access.route.as_deref(), backend = access.backend.as_deref(), error = %chain(&e), "request failed");
+                e.response()
+            }
             Err(e) => {
                 debug!(error = %chain(&e), "request failed");
                 e.response()
@@ -166,6 +181,9 @@ impl Proxy {
         access.websocket = websocket.is_some();
         if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(ProxyError::Connect);
+        }
+        if !only_chunked(req.headers()) {
+            return Err(ProxyError::TransferCoding);
         }
         let host = request_host(&mut req)?;
         let host_str = match &host {
@@ -259,10 +277,16 @@ pub(crate) fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::req
     r.into_parts().0
 }
 
-fn no_backend(upstream: &Upstream) -> ProxyError {
-    ProxyError::NoBackend {
-        upstream: upstream.name.clone(),
-    }
+/// What the client hears when every candidate failed: `last`, the last failure that
+/// was not a refused connect (a backend that accepted and then timed out or broke the
+/// exchange), else that no backend accepted a connection.
+fn exhausted(last: Option<ProxyError>, upstream: &Upstream, access: &mut Access) -> ProxyError {
+    last.unwrap_or_else(|| {
+        access.backend = None;
+        ProxyError::NoBackend {
+            upstream: upstream.name.clone(),
+        }
+    })
 }
 
 /// `308 Permanent Redirect` to the same URL over https on `port` (308 keeps the method
@@ -294,9 +318,14 @@ fn redirect_https<B>(
     Ok(resp)
 }
 
-/// Relays a backend response as is, minus its hop-by-hop headers.
+/// Relays a backend response as is, minus its hop-by-hop headers. A response framed
+/// by both `Transfer-Encoding` and `Content-Length` was read by the former, so the
+/// latter goes too (RFC 9112 §6.3: an intermediary MUST remove it before forwarding).
 fn relay(resp: Response<Incoming>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
+    if parts.headers.contains_key(TRANSFER_ENCODING) {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }

@@ -37,7 +37,7 @@ use tracing::debug;
 use super::error::{ProxyError, chain};
 use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
-use super::{Access, Body, Proxy, no_backend, relay, same_head};
+use super::{Access, Body, Proxy, exhausted, relay, same_head};
 use crate::config::human;
 use crate::metrics::UpgradeLabels;
 use crate::principal::Principal;
@@ -166,8 +166,12 @@ impl Proxy {
         let registry = &self.live.registry;
         let timeout = upstream.config.upgrade_timeout;
         let mut candidates = upstream.candidates(principal.key(), registry);
+        let mut last = None;
         let (backend, resp) = loop {
-            let b = candidates.next().ok_or_else(|| no_backend(upstream))?;
+            let Some(b) = candidates.next() else {
+                return Err(exhausted(last, upstream, access));
+            };
+            access.backend = Some(b.id.clone());
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -179,16 +183,24 @@ impl Proxy {
             match tokio::time::timeout(timeout, send(stream, req, &self.tasks)).await {
                 Ok(Ok(resp)) => break (b, resp),
                 Ok(Err(e)) => {
-                    debug!(backend = %b.id, error = %chain(&e), "upgrade request failed; trying the next backend")
+                    debug!(backend = %b.id, error = %chain(&e), "upgrade request failed; trying the next backend");
+                    last = Some(ProxyError::Upstream {
+                        backend: b.id.clone(),
+                        source: e.into(),
+                    });
                 }
-                Err(_) => self.passive_failure(
-                    upstream,
-                    b,
-                    &format!("no answer to an upgrade within {}", human(timeout)),
-                ),
+                Err(_) => {
+                    self.passive_failure(
+                        upstream,
+                        b,
+                        &format!("no answer to an upgrade within {}", human(timeout)),
+                    );
+                    last = Some(ProxyError::Timeout {
+                        backend: b.id.clone(),
+                    });
+                }
             }
         };
-        access.backend = Some(backend.id.clone());
         let metrics = &self.live.metrics;
         let info = TunnelInfo {
             route: route.label.clone(),
