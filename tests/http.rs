@@ -149,3 +149,15 @@ async fn a_broken_backend_answer_is_a_502_that_names_the_cause_and_is_logged() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn a_response_coding_tether_cannot_undo_is_a_502() {
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let (status, _, body) = http(proxy.addr, get("t", "/", &[])).await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    proxy.stop().await;
+}

@@ -28,7 +28,7 @@ impl Proxy {
         let timeout = upstream.config.response_timeout;
         let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
         let mut last = None;
-        let resp = loop {
+        let (backend, resp) = loop {
             let Some(b) = candidates.next() else {
                 return Err(exhausted(last, upstream, access));
             };
@@ -43,7 +43,7 @@ impl Proxy {
             *r.version_mut() = Version::HTTP_11;
             *r.headers_mut() = parts.headers.clone();
             match tokio::time::timeout(timeout, b.client().request(r)).await {
-                Ok(Ok(resp)) => break resp,
+                Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
                     self.passive_failure(upstream, b, &chain(&e))
@@ -67,7 +67,7 @@ impl Proxy {
                 }
             }
         };
-        debug!(backend = access.backend.as_deref(), principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-        Ok(relay(resp))
+        debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
+        relay(resp, &backend.id)
     }
 }

@@ -318,16 +318,24 @@ fn redirect_https<B>(
     Ok(resp)
 }
 
-/// Relays a backend response as is, minus its hop-by-hop headers. A response framed
+/// Relays `backend`'s response as is, minus its hop-by-hop headers. A response framed
 /// by both `Transfer-Encoding` and `Content-Length` was read by the former, so the
 /// latter goes too (RFC 9112 §6.3: an intermediary MUST remove it before forwarding).
-fn relay(resp: Response<Incoming>) -> Response<Body> {
+/// A coding besides `chunked` would reach the client undone and unnamed: 502, as
+/// nginx answers.
+fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>, ProxyError> {
+    if !only_chunked(resp.headers()) {
+        return Err(ProxyError::Upstream {
+            backend: backend.clone(),
+            source: "its answer has a transfer coding other than a single `chunked`".into(),
+        });
+    }
     let (mut parts, body) = resp.into_parts();
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         parts.headers.remove(CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 /// The request's host: the authority of an absolute-form target (which wins over

@@ -251,7 +251,7 @@ fn finish(
     tasks: &Shutdown,
 ) -> Result<Response<Body>, ProxyError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(relay(resp));
+        return relay(resp, &info.backend);
     }
     let bad = |why| ProxyError::BadUpgrade {
         backend: info.backend.clone(),
