@@ -326,6 +326,36 @@ async fn a_hung_backend_is_timed_out_and_routed_around() {
 }
 
 #[tokio::test]
+async fn a_slow_answer_reroutes_but_does_not_take_the_node_down() {
+    // One slow endpoint must not walk every node down in turn (each down closes all
+    // its tunnels): a response timeout is the request's problem, not the node's.
+    let live = nodes(&["a"]).await;
+    let (hung, task) = hung_backend().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{hung}\", name = \"hung\" }}]\n\
+         response_timeout = \"200ms\"\n[upstream.app.health]\ninterval = \"1h\"\n",
+        live[0].addr
+    );
+    let proxy = Proxy::start(&toml).await;
+    let k = (0..300)
+        .map(|i| format!("k{i}"))
+        .find(|k| order(&proxy, k)[0] == "hung")
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+            "a"
+        );
+    }
+    let snap = proxy.live.load();
+    let hung = snap.upstream("app").unwrap().backend("hung").unwrap();
+    assert!(hung.health.is_up(), "a slow answer took the node down");
+    task.abort();
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn when_every_backend_hangs_the_client_hears_504_not_502() {
     let (hung, task) = hung_backend().await;
     let toml = format!(

@@ -4,7 +4,7 @@
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, Version};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::body::RetryBody;
 use super::error::{ProxyError, chain};
@@ -50,20 +50,21 @@ impl Proxy {
                 }
                 Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
                 Ok(Err(e)) => return Err(failed(e.into())),
+                // A slow answer is this request's problem, not the node's: it does not
+                // count against health, or one slow endpoint would take every node
+                // down in turn and close all their tunnels. (Upgrades, which any live
+                // node answers at once, do count; an HTTP health check finds a node
+                // that hangs on everything.)
                 Err(_) => {
-                    self.passive_failure(
-                        upstream,
-                        b,
-                        &format!("no response within {}", human(timeout)),
-                    );
-                    let timeout = ProxyError::Timeout {
+                    let timed_out = ProxyError::Timeout {
                         backend: b.id.clone(),
                     };
                     // Only a request that can safely be sent twice goes to the next node.
                     if !(parts.method.is_idempotent() && body.untouched()) {
-                        return Err(timeout);
+                        return Err(timed_out);
                     }
-                    last = Some(timeout);
+                    warn!(upstream = %upstream.name, backend = %b.id, "no response within {}; the request goes to the next backend", human(timeout));
+                    last = Some(timed_out);
                 }
             }
         };
