@@ -4,20 +4,24 @@
 //! On a TLS listener the handshake comes first, bounded by `handshake_timeout`; ALPN
 //! `h2` then means HTTP/2 (with RFC 8441 extended CONNECT for WebSockets), anything
 //! else HTTP/1.1 with upgrades. The listener's header size limit (431 beyond it) and
-//! header timeout apply. Malformed requests are answered 400 by hyper and cost only
-//! that connection. On shutdown the accept loop ends, which closes the
-//! listening socket at once, and each connection finishes its in-flight request.
+//! header timeout apply; on HTTP/2 the header timeout is the idle timeout (see
+//! [`http2`]). Malformed requests are answered 400 by hyper and cost only that
+//! connection. On shutdown the accept loop ends, which closes the listening socket at
+//! once, and each connection finishes its in-flight request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -159,10 +163,17 @@ async fn serve(
     proxy: Arc<Proxy>,
     token: CancellationToken,
 ) {
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+        let handling = Handling::start(&seen);
+        async move {
+            let resp = proxy.handle(req, &info).await;
+            drop(handling);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let Some(tls) = &settings.tls else {
         return http1(TokioIo::new(stream), &settings, service, token).await;
@@ -180,7 +191,11 @@ async fn serve(
         Err(_) => return debug!("TLS handshake timed out"),
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        http2(TokioIo::new(stream), &settings, service, token).await
+        let stream = Watched {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        http2(TokioIo::new(stream), &settings, service, &activity, token).await
     } else {
         http1(TokioIo::new(stream), &settings, service, token).await
     }
@@ -210,9 +225,30 @@ where
     }
 }
 
+/// Streams one HTTP/2 connection carries at once.
+const H2_STREAMS: u32 = 200;
+/// Flow-control window per stream: what a client may send ahead into a stream whose
+/// backend is not reading.
+const H2_STREAM_WINDOW: u32 = 128 * 1024;
+
 /// HTTP/2 with the extended CONNECT protocol (RFC 8441) for WebSockets.
-async fn http2<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
-where
+///
+/// The connection window covers every stream's window, so a stream whose backend
+/// stopped reading (a stalled WebSocket, a slow upload) holds back only itself, never
+/// the other streams of the connection (hyper's default, 1 MiB for both, let one
+/// stalled stream block all of them).
+///
+/// Idle timeout, as HTTP/1.1's header timeout: a connection that has read nothing for
+/// `header_timeout` while no request is being handled is closed at once if it never
+/// sent a request (no preface, or a preface and nothing else: a slowloris), else sent
+/// GOAWAY, which closes it once its open streams (WebSockets, downloads) end.
+async fn http2<I, S>(
+    io: I,
+    settings: &Settings,
+    service: S,
+    activity: &Activity,
+    token: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + Clone + 'static,
     S::Future: Send + 'static,
@@ -222,16 +258,121 @@ where
     b.timer(TokioTimer::new());
     b.enable_connect_protocol();
     b.max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    b.max_concurrent_streams(H2_STREAMS);
+    b.initial_stream_window_size(H2_STREAM_WINDOW);
+    b.initial_connection_window_size(H2_STREAMS * H2_STREAM_WINDOW);
     let mut conn = pin!(b.serve_connection(io, service));
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut idle = tokio::time::interval(settings.header_timeout);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle.tick().await; // the first tick is immediate
+    let mut reads = activity.reads.load(Ordering::Relaxed);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = token.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = idle.tick() => {
+                let now = activity.reads.load(Ordering::Relaxed);
+                let quiet = now == reads && activity.handling.load(Ordering::Relaxed) == 0;
+                reads = now;
+                if !quiet {
+                    continue;
+                }
+                if activity.requests.load(Ordering::Relaxed) == 0 {
+                    return debug!("HTTP/2 client sent no request in time; closed");
+                }
+                if !closing {
+                    debug!("HTTP/2 client connection idle; GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
     };
     if let Err(e) = result {
         debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// What an HTTP/2 connection's idle timeout looks at.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Reads from the client that returned bytes.
+    reads: AtomicU64,
+    /// Requests whose response head is not yet answered.
+    handling: AtomicUsize,
+    /// Requests seen at all.
+    requests: AtomicU64,
+}
+
+/// A request being handled, counted in [`Activity`] until dropped.
+struct Handling(Arc<Activity>);
+
+impl Handling {
+    fn start(activity: &Arc<Activity>) -> Handling {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(activity.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client stream that counts its reads into [`Activity`].
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -537,3 +537,172 @@ async fn a_backend_with_a_wrong_accept_key_is_refused_for_http2_clients() {
     );
     proxy.stop().await;
 }
+
+/// An HTTP/2 connection to `proxy` with a driver task; and the port for URLs.
+async fn h2_client(
+    proxy: &Proxy,
+    pki: &Pki,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, u16) {
+    let stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"h2"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    (h2, proxy.addr.port())
+}
+
+/// A WebSocket over `h2` (RFC 8441) to `path`.
+async fn h2_ws(
+    h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    port: u16,
+    path: &str,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let req = Request::connect(format!("https://chat.example.com:{port}{path}"))
+        .header("sec-websocket-version", "13")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "extended CONNECT to {path}");
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let toml = tls_config(&nodes, &cert_keys(&leaf), "").replacen(
+        "[listener.tls]",
+        "header_timeout = \"200ms\"\n[listener.tls]",
+        1,
+    );
+    let proxy = Proxy::start(&toml).await;
+
+    // ALPN h2, then silence: no preface ever comes. Closed, not held forever.
+    let mut silent = tls(
+        proxy.addr,
+        pki.client_config(&[b"h2"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "a silent HTTP/2 connection was kept open");
+
+    // A connection that made requests and went quiet is sent GOAWAY, but the
+    // WebSocket it carries is a stream that stays open until it ends.
+    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    let mut ws = h2_ws(&mut h2, port, "/ws?u=k").await;
+    ws.next().await.unwrap().unwrap(); // the greeting
+    // Quiet for a few idle timeouts: what is being tested is the passing of time.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let req = Request::get(format!("https://chat.example.com:{port}/info"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert!(
+        h2.send_request(req).await.is_err(),
+        "an idle connection took a new request"
+    );
+    ws.send(Message::text("still here")).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Text(t) => assert_eq!(t.as_str(), "still here"),
+        other => panic!("{other:?}"),
+    }
+    proxy.stop().await;
+}
+
+/// A backend that accepts WebSocket upgrades and then never reads.
+async fn stalling_ws_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("sec-websocket-key")
+                        .then(|| value.trim().to_owned())
+                })
+                .unwrap_or_default();
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            );
+            if s.write_all(answer.as_bytes()).await.is_ok() {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn stalled_http2_websockets_hold_back_only_themselves() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let stall = stalling_ws_backend().await;
+    let toml = tls_config(&nodes, &cert_keys(&leaf), "")
+        + &format!(
+            "\n[[route]]\npath = \"/stall\"\nupstream = \"stall\"\n\
+             [upstream.stall]\nbackends = [\"{stall}\"]\n"
+        );
+    let proxy = Proxy::start(&toml).await;
+    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    let mut healthy = h2_ws(&mut h2, port, "/ws?u=k").await;
+    healthy.next().await.unwrap().unwrap(); // the greeting
+    // Three stalled streams, each filled until tether stops taking its bytes: the
+    // backend's socket buffers, then the stream's flow-control window. A send that
+    // does not finish for a while is the sign (bounded: 64 MiB each at most).
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let mut stalled_streams = Vec::new();
+    for _ in 0..3 {
+        let mut stalled = h2_ws(&mut h2, port, "/stall").await;
+        let mut blocked = false;
+        for _ in 0..1024 {
+            let send = stalled.send(Message::binary(chunk.clone()));
+            if tokio::time::timeout(std::time::Duration::from_millis(300), send)
+                .await
+                .is_err()
+            {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked, "the stalled stream never filled up");
+        stalled_streams.push(stalled);
+    }
+    // The other stream on the same connection still flows both ways.
+    healthy.send(Message::text("through")).await.unwrap();
+    let echo = tokio::time::timeout(PATIENCE, healthy.next()).await;
+    match echo {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "through"),
+        other => panic!("the healthy stream is blocked: {other:?}"),
+    }
+    proxy.stop().await;
+}
