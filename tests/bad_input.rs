@@ -23,6 +23,16 @@ const BAD: &[(&str, &[u8], &str)] = &[
         "HTTP/1.1 400",
     ),
     (
+        "a Host that is not host[:port]",
+        b"GET / HTTP/1.1\r\nHost: evil.com/x?\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        "a Host with userinfo",
+        b"GET / HTTP/1.1\r\nHost: user@chat.example.com\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
         "invalid header name",
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
         "HTTP/1.1 400",

@@ -212,6 +212,19 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
         assert_eq!(v["headers"]["x-forwarded-proto"], "https");
     }
 
+    // HTTP/2 has no field count limit of its own; tether applies HTTP/1's.
+    let mut req = Request::get(format!("https://chat.example.com:{port}/info"));
+    for i in 0..150 {
+        req = req.header(format!("x-field-{i}"), "v");
+    }
+    let resp = h2
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"tether: "), "not tether's answer: {body:?}");
+
     // Several WebSockets on the same connection, each placed by its own principal.
     let mut sockets = Vec::new();
     for i in 0..6 {
@@ -318,6 +331,19 @@ async fn plain_listener_redirects_to_https_and_tls_responses_carry_hsts() {
     assert_eq!(
         headers["location"],
         "https://chat.example.com:8443/room/1?x=y"
+    );
+    // A Host that is not host[:port] never makes a Location (an off-site redirect).
+    let (_, head) = raw_head(proxy.addr, b"GET /p HTTP/1.1\r\nHost: evil.com/x?\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (_, head) = raw_head(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: chat.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(
+        head.to_lowercase()
+            .contains("location: https://chat.example.com:8443/\r\n"),
+        "{head}"
     );
     proxy.stop().await;
 

@@ -26,6 +26,8 @@ pub enum ProxyError {
     Connect,
     #[error("transfer codings other than a single `chunked` are not supported")]
     TransferCoding,
+    #[error("the request has more than 100 header fields")]
+    TooManyHeaders,
     #[error("this route places requests by {expected}, and the request carries none of them")]
     NoPrincipal { expected: String },
     #[error("no backend of upstream `{upstream}` accepted a connection")]
@@ -55,6 +57,7 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::NoPrincipal { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoBackend { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
@@ -130,6 +133,7 @@ mod tests {
             (ProxyError::InvalidHost, 400),
             (ProxyError::Connect, 405),
             (ProxyError::TransferCoding, 501),
+            (ProxyError::TooManyHeaders, 431),
             (ProxyError::ClientBody(io()), 400),
             (
                 ProxyError::NoPrincipal {

@@ -185,6 +185,10 @@ impl Proxy {
         if !only_chunked(req.headers()) {
             return Err(ProxyError::TransferCoding);
         }
+        // hyper's HTTP/1 parser stops at 100 fields; HTTP/2 has only a byte limit.
+        if req.headers().len() > MAX_HEADERS {
+            return Err(ProxyError::TooManyHeaders);
+        }
         let host = request_host(&mut req)?;
         let host_str = match &host {
             Some(h) => Some(h.to_str().map_err(|_| ProxyError::InvalidHost)?),
@@ -307,7 +311,13 @@ fn redirect_https<B>(
     } else {
         format!(":{port}")
     };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    // `OPTIONS *` has no path to keep.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
     let location = HeaderValue::from_str(&format!("https://{name}{port}{path}"))
         .map_err(|_| ProxyError::InvalidHost)?;
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
@@ -340,21 +350,38 @@ fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>,
 
 /// The request's host: the authority of an absolute-form target (which wins over
 /// `Host`, RFC 9112 §3.2.2), else the single `Host` header. HTTP/1.1 requires one;
-/// an HTTP/1.0 request without it matches only host-less routes.
+/// an HTTP/1.0 request without it matches only host-less routes. A value that is not
+/// `host[:port]` is refused (RFC 9112 §3.2: 400): it would reach the backend, and
+/// `Location` of an https redirect, as it came.
 fn request_host(req: &mut Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let first = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err(ProxyError::DuplicateHost);
     }
-    if let Some(auth) = req.uri().authority() {
-        let v = HeaderValue::from_str(auth.as_str()).map_err(|_| ProxyError::InvalidHost)?;
-        req.headers_mut().insert(HOST, v.clone());
-        return Ok(Some(v));
-    }
-    match first {
-        Some(v) => Ok(Some(v)),
+    let host = match req.uri().authority() {
+        Some(auth) => {
+            let v = HeaderValue::from_str(auth.as_str()).map_err(|_| ProxyError::InvalidHost)?;
+            req.headers_mut().insert(HOST, v.clone());
+            Some(v)
+        }
+        None => first,
+    };
+    match host {
+        Some(v) if is_host(v.as_bytes()) => Ok(Some(v)),
+        Some(_) => Err(ProxyError::InvalidHost),
         None if req.version() == Version::HTTP_10 => Ok(None),
         None => Err(ProxyError::MissingHost),
     }
 }
+
+/// `uri-host [":" port]` (RFC 3986 §3.2.2): a registered name, an IPv4 address or a
+/// bracketed IPv6 literal, as characters; no userinfo, path, query or spaces.
+fn is_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(b))
+}
+
+/// Header fields a request may carry (hyper's HTTP/1 limit, applied to HTTP/2 too).
+const MAX_HEADERS: usize = 100;
