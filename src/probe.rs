@@ -65,22 +65,30 @@ pub async fn supervise(live: Arc<Live>, stop: CancellationToken) {
 /// Probes the backend `key` with the settings of the first upstream that has it (a
 /// backend shared by several upstreams is one server with one health).
 async fn prober(live: Arc<Live>, key: BackendKey, stop: CancellationToken) {
+    let mut generation = live.subscribe();
     let mut first = true;
     loop {
-        // Read the interval afresh each round (a reload may change it), without holding
-        // the snapshot while sleeping.
-        let Some(interval) = find(&live.load(), &key).map(|(u, _)| u.config.health.interval) else {
-            return;
-        };
-        let wait = if std::mem::take(&mut first) {
-            offset(&key, interval)
-        } else {
-            interval
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
+        // The wait follows the current interval, read afresh when a reload swaps the
+        // snapshot (a shorter interval applies at once, not after the old one ran
+        // out), without holding the snapshot while sleeping.
+        let started = tokio::time::Instant::now();
+        loop {
+            let Some(interval) = find(&live.load(), &key).map(|(u, _)| u.config.health.interval)
+            else {
+                return;
+            };
+            let wait = if first {
+                offset(&key, interval)
+            } else {
+                interval
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(started + wait) => break,
+                r = generation.changed() => if r.is_err() { return },
+                () = stop.cancelled() => return,
+            }
         }
+        first = false;
         let snap = live.load();
         let Some((up, backend)) = find(&snap, &key) else {
             return;

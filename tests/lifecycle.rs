@@ -422,6 +422,35 @@ async fn surviving_backends_keep_their_health_across_a_reload() {
 }
 
 #[tokio::test]
+async fn a_shorter_probe_interval_applies_at_once() {
+    let mut nodes = nodes(&["a", "b"]).await;
+    let slow =
+        cfg(&[&nodes[0], &nodes[1]], "").replace("interval = \"200ms\"", "interval = \"1h\"");
+    let live = Arc::new(tether::Live::new(
+        &tether::config::Config::parse(&slow, "t").unwrap(),
+    ));
+    let server = tether::Server::start(live.clone(), Vec::new());
+    // Let the supervisor start the probers and each begin its hour-long wait.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let fast =
+        cfg(&[&nodes[0], &nodes[1]], "").replace("interval = \"200ms\"", "interval = \"50ms\"");
+    server.reload(
+        &tether::config::Config::parse(&fast, "t").unwrap(),
+        Vec::new(),
+    );
+    nodes.remove(0).stop().await;
+    // Found by the new interval, not after the hour the old one had left to run.
+    eventually(|| async {
+        let snap = live.load();
+        (!snap.upstream("app")?.backend("a")?.health.is_up()).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn systemd_is_told_ready_reloading_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");

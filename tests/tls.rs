@@ -223,7 +223,10 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
         .unwrap();
     assert_eq!(resp.status(), 431);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(body.starts_with(b"tether: "), "not tether's answer: {body:?}");
+    assert!(
+        body.starts_with(b"tether: "),
+        "not tether's answer: {body:?}"
+    );
 
     // Several WebSockets on the same connection, each placed by its own principal.
     let mut sockets = Vec::new();
