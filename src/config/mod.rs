@@ -174,7 +174,16 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         let span = l.bind.span();
         let listener = build_listener(l)?;
         if !binds.insert(listener.bind) {
-            return invalid(span, format!("listener {} is defined twice", listener.bind));
+            let why = if listener.bind.port() == 0 {
+                // A listener is known by its `bind` (reloads keep or close it by that).
+                format!(
+                    "listener {} is defined twice: two traffic listeners on port 0 cannot be told apart; give all but one a fixed port",
+                    listener.bind
+                )
+            } else {
+                format!("listener {} is defined twice", listener.bind)
+            };
+            return invalid(span, why);
         }
         listeners.push(listener);
     }
@@ -235,7 +244,9 @@ fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminCo
             Err(_) => return invalid(b.span(), "`bind` must be IP:port, e.g. \"127.0.0.1:9090\""),
         },
     };
-    if let (Some(b), true) = (&a.bind, listeners.iter().any(|l| l.bind == bind)) {
+    // Port 0 asks for any free port: the admin listener gets its own.
+    let shared = bind.port() != 0 && listeners.iter().any(|l| l.bind == bind);
+    if let (Some(b), true) = (&a.bind, shared) {
         return invalid(
             b.span(),
             "the admin listener cannot share a traffic listener's address",
@@ -487,6 +498,20 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
     fn unknown_upstream_points_at_the_value() {
         let e = error(&GOOD.replace("upstream = \"app\"", "upstream = \"ap\""));
         assert_eq!(e, "t.toml:8:12: unknown upstream `ap`; defined: app");
+    }
+
+    #[test]
+    fn the_admin_listener_may_ask_for_port_0_beside_a_traffic_listener() {
+        let text = GOOD.replace("127.0.0.1:8080", "127.0.0.1:0");
+        let c = Config::parse(
+            &format!("{text}\n[admin]\nbind = \"127.0.0.1:0\"\n"),
+            "t.toml",
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+        let fixed = format!("{GOOD}\n[admin]\nbind = \"127.0.0.1:8080\"\n");
+        assert!(error(&fixed).contains("cannot share"));
+        let twice = format!("{text}\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
+        assert!(error(&twice).contains("give all but one a fixed port"));
     }
 
     #[test]
