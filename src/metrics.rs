@@ -201,6 +201,16 @@ impl Metrics {
                 let _ = self.backend_failures.get_or_create(&labels);
             }
         }
+        // Every route × backend it can reach reads 0 rather than vanishing when its
+        // last tunnel closes (dashboards and alerts see a drop, not staleness).
+        for (_, _, route) in snap.routes.iter() {
+            for b in &snap.upstreams[route.upstream].backends {
+                let _ = live.get_or_create(&TunnelLabels {
+                    route: route.label.to_string(),
+                    backend: b.id.to_string(),
+                });
+            }
+        }
         for e in tunnels.entries() {
             let labels = TunnelLabels {
                 route: e.route.to_string(),

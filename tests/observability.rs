@@ -46,6 +46,15 @@ fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// How many samples named `name` carry `labels`: a series that reads 0 is there, a
+/// missing one is not.
+fn series(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> usize {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .count()
+}
+
 const ADMIN: &str = "[admin]\nbind = \"127.0.0.2:0\"\n";
 const FAST_PROBES: &str = "[upstream.app.health]\ninterval = \"100ms\"\n";
 
@@ -72,6 +81,11 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         1.0
     );
     assert_eq!(value(&before, "tether_backend_up", &[]), 3.0);
+    assert_eq!(
+        series(&before, "tether_tunnels_live", &[("route", "/")]),
+        3,
+        "every backend's gauge exists before its first tunnel"
+    );
 
     for i in 0..10 {
         http_node(addr, &format!("/info?u={i}"), &[]).await;
@@ -157,6 +171,11 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
     assert_eq!(
         value(&dead, "tether_tunnels_live", &[("backend", "b")]),
         0.0
+    );
+    assert_eq!(
+        series(&dead, "tether_tunnels_live", &[("backend", "b")]),
+        1,
+        "b's gauge reads 0, not gone"
     );
 
     // Reloads, good and bad.
