@@ -66,6 +66,8 @@ pub struct Server {
     listeners: Mutex<HashMap<(Kind, SocketAddr), CancellationToken>>,
     /// Stops the probes, the rebalancer and pending removals.
     pub(crate) background: CancellationToken,
+    /// Backends a reload removed whose tunnels wait out `removal_grace` (reload.rs).
+    pub(crate) removals: Arc<Mutex<crate::reload::Removals>>,
 }
 
 impl Server {
@@ -83,6 +85,7 @@ impl Server {
             tasks,
             listeners: Mutex::new(HashMap::new()),
             background,
+            removals: Arc::default(),
         };
         for l in listeners {
             server.listen(l);
