@@ -252,7 +252,7 @@ impl Proxy {
     /// A connect to `b` failed, or it did not answer in time: count it against the
     /// backend's health, and act if that takes it down.
     fn passive_failure(&self, upstream: &Upstream, b: &Backend, detail: &str) {
-        warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic; trying the next");
+        warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic");
         let labels = BackendLabels {
             upstream: upstream.name.to_string(),
             backend: b.id.to_string(),

@@ -183,7 +183,7 @@ impl Proxy {
             match tokio::time::timeout(timeout, send(stream, req, &self.tasks)).await {
                 Ok(Ok(resp)) => break (b, resp),
                 Ok(Err(e)) => {
-                    debug!(backend = %b.id, error = %chain(&e), "upgrade request failed; trying the next backend");
+                    debug!(backend = %b.id, error = %chain(&e), "upgrade request failed");
                     last = Some(ProxyError::Upstream {
                         backend: b.id.clone(),
                         source: e.into(),
