@@ -133,7 +133,13 @@ fn scan(snap: &Snapshot, live: &Live) -> Scan {
 async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
     let mut closed = 0usize;
     let total = misplaced.len();
+    let generation = live.subscribe();
     for m in misplaced {
+        // A reload may have changed the policy or the rate (or the placement): the
+        // caller scans again under the new snapshot.
+        if generation.has_changed().unwrap_or(true) {
+            break;
+        }
         // The owner may have gone down again since the scan.
         if !m.owner.is_up() || !m.entry.ctl.close(CloseReason::Rebalance) {
             continue;
@@ -154,4 +160,59 @@ async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken)
         "rebalanced {closed} misplaced tunnels back to their owners"
     ));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(rebalance: &str) -> Config {
+        let text = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+             [upstream.app]\nbackends = [{{ addr = \"127.0.0.1:1\", name = \"a\" }}, {{ addr = \"127.0.0.1:2\", name = \"b\" }}]\n\
+             {rebalance}\n[upstream.app.health]\ninterval = \"1h\"\n"
+        );
+        Config::parse(&text, "t").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_to_off_stops_a_drain_under_way() {
+        let live = Arc::new(Live::new(&config(
+            "rebalance = \"drain\"\nrebalance_hold = \"1ms\"\nrebalance_rate = 1",
+        )));
+        let snap = live.load();
+        let app = snap.upstream("app").unwrap();
+        let a = app.backend("a").unwrap().key.clone();
+        // Ten tunnels on a whose principals b owns: misplaced.
+        let keys = (0u64..).filter(|k| app.owner(*k).unwrap().id.as_ref() == "b");
+        let tunnels: Vec<_> = keys
+            .take(10)
+            .map(|k| {
+                live.registry
+                    .register("app".into(), "/".into(), a.clone(), k, None)
+            })
+            .collect();
+        let stop = CancellationToken::new();
+        tokio::spawn(run(live.clone(), stop.clone()));
+        live.poke_rebalancer();
+        let first = live.registry.entries();
+        // One close per second: the first comes at once.
+        futures_util::future::select_all(first.iter().map(|e| Box::pin(e.ctl.closed()))).await;
+        live.replace(&config("rebalance = \"off\""));
+        live.poke_rebalancer();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !live
+            .events()
+            .iter()
+            .any(|e| e.text.starts_with("rebalanced"))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the drain went on");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let closed = first.iter().filter(|e| e.ctl.reason().is_some()).count();
+        assert!(closed <= 2, "{closed} closed after the reload to off");
+        stop.cancel();
+        drop(tunnels);
+    }
 }
