@@ -218,7 +218,7 @@ async fn reload(server: &Server, path: &Path) {
     };
     let fresh = match bind(tether::reload::binds_to_open(&server.listening(), &config)).await {
         Ok(l) => l,
-        Err(e) => return failed(format!("{e:#}")),
+        Err(e) => return failed(format!("{}: {e:#}", path.display())),
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");

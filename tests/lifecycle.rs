@@ -252,7 +252,7 @@ async fn a_broken_reload_keeps_the_old_behaviour_and_says_where() {
     bin.signal("HUP");
     let line = bin.wait_for("reload failed");
     assert!(
-        line.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        line.contains(&format!("{path}: cannot listen on 127.0.0.1:{port}")),
         "{line}"
     );
     assert_eq!(http_node(addr, "/info", &[]).await, "a");
