@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::TlsConfig;
-use crate::proxy::{Body, ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 
@@ -201,10 +201,13 @@ async fn serve(
     }
 }
 
-pub(crate) async fn http1<I, S>(io: I, settings: &Settings, service: S, token: CancellationToken)
+pub(crate) async fn http1<I, S, B>(io: I, settings: &Settings, service: S, token: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -242,7 +245,7 @@ const H2_STREAM_WINDOW: u32 = 128 * 1024;
 /// `header_timeout` while no request is being handled is closed at once if it never
 /// sent a request (no preface, or a preface and nothing else: a slowloris), else sent
 /// GOAWAY, which closes it once its open streams (WebSockets, downloads) end.
-async fn http2<I, S>(
+async fn http2<I, S, B>(
     io: I,
     settings: &Settings,
     service: S,
@@ -250,7 +253,10 @@ async fn http2<I, S>(
     token: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + Clone + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + Clone + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -161,3 +161,20 @@ async fn a_response_coding_tether_cannot_undo_is_a_502() {
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn the_access_event_comes_when_the_body_is_sent_and_counts_it() {
+    // Chunked: no Content-Length to read the size from; only counting the body knows.
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let (_dir, path) = write_config(&one_backend(backend));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    let (status, _, body) = http(addr, get("t", "/", &[])).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"hello world"[..]));
+    let line = bin.wait_for("tether::access");
+    assert!(line.contains("bytes_down=11"), "{line}");
+    assert!(!line.contains("aborted"), "{line}");
+}

@@ -16,6 +16,7 @@
 //! one too; the request moves on if it can safely be sent twice (an upgrade, or an
 //! idempotent method whose body was not sent), else the client gets 504.
 
+mod access;
 mod body;
 mod copy;
 pub mod error;
@@ -36,8 +37,10 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+pub use access::Logged;
+use access::{Access, Record};
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{
@@ -45,21 +48,12 @@ use headers::{
 };
 
 use crate::metrics::{BackendLabels, RequestLabels};
-use crate::principal::{self, Fallback, Fingerprint, Principal};
+use crate::principal::{self, Fallback, Principal};
 use crate::rebalance::on_transition;
 use crate::route::host_name;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 use crate::upstream::{Backend, Upstream};
-
-/// What the access log and the request metrics learn about a request as it goes.
-#[derive(Debug, Default)]
-pub(crate) struct Access {
-    route: Option<Arc<str>>,
-    backend: Option<Arc<str>>,
-    principal: Option<Fingerprint>,
-    websocket: bool,
-}
 
 fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -95,7 +89,7 @@ impl Proxy {
     }
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
         let started = Instant::now();
         let method = req.method().clone();
         let bytes_up = content_length(req.headers());
@@ -123,52 +117,29 @@ impl Proxy {
                 .entry(STRICT_TRANSPORT_SECURITY)
                 .or_insert_with(|| hsts.clone());
         }
-        self.account(
-            &access,
-            &method,
-            resp.status(),
+        let status = resp.status();
+        self.count(&access, status);
+        let record = access::enabled().then_some(Record {
+            access,
+            method,
+            status,
             bytes_up,
-            content_length(resp.headers()),
             started,
-        );
-        resp
+        });
+        resp.map(|body| Logged::new(body, record))
     }
 
-    /// One access event per request (never the path or query: they may hold the
-    /// principal), and the request counter for plain HTTP.
-    fn account(
-        &self,
-        a: &Access,
-        method: &Method,
-        status: StatusCode,
-        up: Option<u64>,
-        down: Option<u64>,
-        started: Instant,
-    ) {
-        let route = a.route.as_deref().unwrap_or("-");
-        let backend = a.backend.as_deref().unwrap_or("-");
-        info!(
-            target: "tether::access",
-            kind = if a.websocket { "upgrade" } else { "http" },
-            %method,
-            route,
-            backend,
-            status = status.as_u16(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            bytes_up = up,
-            bytes_down = down,
-            principal = a.principal.map(tracing::field::display),
-            "request"
-        );
-        if !a.websocket {
-            let class = format!("{}xx", status.as_u16() / 100);
-            let labels = RequestLabels {
-                route: route.to_owned(),
-                backend: backend.to_owned(),
-                class,
-            };
-            self.live.metrics.requests.get_or_create(&labels).inc();
+    /// The request counter, for plain HTTP (upgrades have their own).
+    fn count(&self, a: &Access, status: StatusCode) {
+        if a.websocket {
+            return;
         }
+        let labels = RequestLabels {
+            route: a.route.as_deref().unwrap_or("-").to_owned(),
+            backend: a.backend.as_deref().unwrap_or("-").to_owned(),
+            class: format!("{}xx", status.as_u16() / 100),
+        };
+        self.live.metrics.requests.get_or_create(&labels).inc();
     }
 
     async fn forward(
