@@ -514,6 +514,36 @@ fn certificate_problems_are_config_errors_that_name_the_file() {
         assert!(parse(&tls).is_ok(), "{stem}: {:?}", parse(&tls).err());
     }
     assert!(parse(&cert_keys(&a)).is_ok());
+
+    // An encrypted key says so, rather than "no usable private key".
+    let dir = tempfile::tempdir().unwrap();
+    let encrypted = dir.path().join("enc.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = err(&format!(
+        "cert = \"{}\"\nkey = \"{}\"",
+        a.cert,
+        encrypted.display()
+    ));
+    assert!(e.contains("is encrypted"), "{e}");
+
+    // SNI names that no ClientHello can carry are refused, not silently dead.
+    for bad in [
+        "*",
+        "foo*.example.com",
+        "*.*.example.com",
+        "a b.example.com",
+    ] {
+        let e = err(&format!(
+            "{}\n[[listener.tls.sni]]\nserver_names = [\"{bad}\"]\n{}",
+            cert_keys(&a),
+            cert_keys(&b)
+        ));
+        assert!(e.contains("is not a DNS name"), "{bad}: {e}");
+    }
 }
 
 #[tokio::test]

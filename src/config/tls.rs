@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -76,11 +76,15 @@ pub(super) fn build_tls(t: RawTls) -> Result<TlsConfig, Invalid> {
                 Some(suffix) => (&mut wildcard, suffix.to_owned()),
                 None => (&mut exact, n.clone()),
             };
-            if k.is_empty() || map.insert(k, key.clone()).is_some() {
+            // What a ClientHello can carry: a DNS name (so no `*` but a leading `*.`).
+            if DnsName::try_from(k.as_str()).is_err() {
                 return invalid(
                     name.span(),
-                    format!("server name `{n}` is empty or listed twice"),
+                    format!("server name `{n}` is not a DNS name, or `*.` and a DNS name"),
                 );
+            }
+            if map.insert(k, key.clone()).is_some() {
+                return invalid(name.span(), format!("server name `{n}` is listed twice"));
             }
             names.push(n);
         }
@@ -161,12 +165,24 @@ fn certified_key(
     let chain = read_certs(cert)?;
     let bytes = fs::read(Path::new(key.get_ref()))
         .map_err(|e| file_error(key, format!("cannot read: {e}")))?;
+    if bytes
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+    {
+        return Err(file_error(
+            key,
+            "is encrypted; tether needs the key unencrypted (`openssl pkey -in KEY -out PLAIN`)",
+        ));
+    }
     let der = PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| file_error(key, format!("no usable private key: {e}")))?;
     let ck = CertifiedKey::from_der(chain, der, provider).map_err(|e| {
         file_error(
             key,
-            format!("does not fit certificate `{}`: {e}", cert.get_ref()),
+            format!(
+                "does not fit certificate `{}`, or is not an RSA, ECDSA or Ed25519 key: {e}",
+                cert.get_ref()
+            ),
         )
     })?;
     Ok(Arc::new(ck))
