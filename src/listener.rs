@@ -163,20 +163,21 @@ async fn serve(
     proxy: Arc<Proxy>,
     token: CancellationToken,
 ) {
-    let activity = Arc::new(Activity::default());
-    let seen = activity.clone();
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let info = info.clone();
-        let handling = Handling::start(&seen);
-        async move {
-            let resp = proxy.handle(req, &info).await;
-            drop(handling);
-            Ok::<_, Infallible>(resp)
-        }
-    });
+    // The handler; on HTTP/2 it also counts requests for the idle timeout.
+    let service = move |activity: Option<Arc<Activity>>| {
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            let handling = activity.as_ref().map(Handling::start);
+            async move {
+                let resp = proxy.handle(req, &info).await;
+                drop(handling);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
     let Some(tls) = &settings.tls else {
-        return http1(TokioIo::new(stream), &settings, service, token).await;
+        return http1(TokioIo::new(stream), &settings, service(None), token).await;
     };
     let accepted = tokio::time::timeout(
         tls.handshake_timeout,
@@ -191,13 +192,15 @@ async fn serve(
         Err(_) => return debug!("TLS handshake timed out"),
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let activity = Arc::new(Activity::default());
         let stream = Watched {
             inner: stream,
             activity: activity.clone(),
         };
+        let service = service(Some(activity.clone()));
         http2(TokioIo::new(stream), &settings, service, &activity, token).await
     } else {
-        http1(TokioIo::new(stream), &settings, service, token).await
+        http1(TokioIo::new(stream), &settings, service(None), token).await
     }
 }
 
@@ -228,11 +231,12 @@ where
     }
 }
 
-/// Streams one HTTP/2 connection carries at once.
-const H2_STREAMS: u32 = 200;
+/// Streams one HTTP/2 connection carries at once (nginx: 128).
+const H2_STREAMS: u32 = 128;
 /// Flow-control window per stream: what a client may send ahead into a stream whose
-/// backend is not reading.
-const H2_STREAM_WINDOW: u32 = 128 * 1024;
+/// backend is not reading (nginx's `http2_body_preread_size`). With [`H2_STREAMS`],
+/// at most 8 MiB buffered per connection when every stream stalls.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
 
 /// HTTP/2 with the extended CONNECT protocol (RFC 8441) for WebSockets.
 ///
@@ -241,10 +245,11 @@ const H2_STREAM_WINDOW: u32 = 128 * 1024;
 /// the other streams of the connection (hyper's default, 1 MiB for both, let one
 /// stalled stream block all of them).
 ///
-/// Idle timeout, as HTTP/1.1's header timeout: a connection that has read nothing for
-/// `header_timeout` while no request is being handled is closed at once if it never
-/// sent a request (no preface, or a preface and nothing else: a slowloris), else sent
-/// GOAWAY, which closes it once its open streams (WebSockets, downloads) end.
+/// Idle timeout, as HTTP/1.1's header timeout: a connection with no request within
+/// `header_timeout` of its start is closed (no preface, or a preface and then only
+/// PINGs or SETTINGS: a slowloris); later, one that has read nothing for
+/// `header_timeout` while no request is being handled is sent GOAWAY, which closes it
+/// once its open streams (WebSockets, downloads) end.
 async fn http2<I, S, B>(
     io: I,
     settings: &Settings,
@@ -281,16 +286,13 @@ async fn http2<I, S, B>(
                 closing = true;
             }
             _ = idle.tick() => {
-                let now = activity.reads.load(Ordering::Relaxed);
-                let quiet = now == reads && activity.handling.load(Ordering::Relaxed) == 0;
-                reads = now;
-                if !quiet {
-                    continue;
-                }
                 if activity.requests.load(Ordering::Relaxed) == 0 {
                     return debug!("HTTP/2 client sent no request in time; closed");
                 }
-                if !closing {
+                let now = activity.reads.load(Ordering::Relaxed);
+                let quiet = now == reads && activity.handling.load(Ordering::Relaxed) == 0;
+                reads = now;
+                if quiet && !closing {
                     debug!("HTTP/2 client connection idle; GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     closing = true;

@@ -213,7 +213,7 @@ async fn reload(server: &Server, path: &Path) {
     let file = path.to_owned();
     let config = match tokio::task::spawn_blocking(move || Config::load(&file)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return failed(e.to_string()),
+        Ok(Err(e)) => return failed(tether::proxy::error::chain(&e)),
         Err(e) => return failed(format!("loading the configuration failed: {e}")),
     };
     let fresh = match bind(tether::reload::binds_to_open(&server.listening(), &config)).await {

@@ -142,7 +142,7 @@ impl Metrics {
         );
         registry.register(
             "backend_failures",
-            "Failures on live traffic (refused or timed-out connects, no answer in time), by backend",
+            "Failures on live traffic (refused or timed-out connects, upgrades not answered in time), by backend",
             m.backend_failures.clone(),
         );
         registry.register(

@@ -138,7 +138,17 @@ async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken)
         // A reload may have changed the policy or the rate (or the placement): the
         // caller scans again under the new snapshot.
         if generation.has_changed().unwrap_or(true) {
-            break;
+            if closed > 0 {
+                info!(
+                    closed,
+                    found = total,
+                    "rebalancing interrupted by a reload; rescanning"
+                );
+                live.event(format!(
+                    "rebalancing interrupted by a reload after {closed} of {total} misplaced tunnels"
+                ));
+            }
+            return true;
         }
         // The owner may have gone down again since the scan.
         if !m.owner.is_up() || !m.entry.ctl.close(CloseReason::Rebalance) {
@@ -202,11 +212,7 @@ mod tests {
         live.replace(&config("rebalance = \"off\""));
         live.poke_rebalancer();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !live
-            .events()
-            .iter()
-            .any(|e| e.text.starts_with("rebalanced"))
-        {
+        while !live.events().iter().any(|e| e.text.starts_with("rebalanc")) {
             assert!(tokio::time::Instant::now() < deadline, "the drain went on");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

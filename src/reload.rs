@@ -61,19 +61,25 @@ impl Server {
             .get_or_create(&ResultLabels { result: "ok" })
             .inc();
         self.live.event("configuration reloaded".into());
-        let removed = lock(&self.removals).update(removed_tunnels(&self.live));
-        if let Some((reload, removed)) = removed {
+        let removed = removed_tunnels(&self.live);
+        let scheduled = lock(&self.removals).update(&removed);
+        if let Some((reload, backends)) = scheduled {
             let grace = config.removal_grace;
             info!(
-                tunnels = removed.len(),
+                tunnels = removed
+                    .iter()
+                    .filter(|e| backends.contains(&pair(e)))
+                    .count(),
                 grace_ms = grace.as_millis() as u64,
                 "tunnels of removed backends close after the grace period"
             );
-            let (removals, stop) = (self.removals.clone(), self.background.clone());
+            let (live, removals) = (self.live.clone(), self.removals.clone());
+            let stop = self.background.clone();
             tokio::spawn(async move {
                 tokio::select! {
                     () = tokio::time::sleep(grace) => {
-                        close_removed(lock(&removals).due(reload, removed));
+                        let due = lock(&removals).due(reload, backends);
+                        close_removed(&live, &due);
                     }
                     () = stop.cancelled() => {}
                 }
@@ -82,48 +88,49 @@ impl Server {
     }
 }
 
+/// A backend in its upstream.
+type Pair = (Arc<str>, BackendKey);
+
 /// The backends reloads removed while they still had tunnels, each with the reload
 /// that removed it: its grace counts from then, and a backend removed, re-added and
 /// removed again gets a fresh grace from the last removal.
 #[derive(Debug, Default)]
-pub struct Removals {
+pub(crate) struct Removals {
     reloads: u64,
-    pending: HashMap<(Arc<str>, BackendKey), u64>,
+    pending: HashMap<Pair, u64>,
 }
 
 impl Removals {
     /// After a reload: `removed` are the tunnels whose backend the new snapshot lacks.
-    /// Forgets backends that came back; returns this reload's number and the tunnels
-    /// of backends it newly removed, if any.
-    fn update(&mut self, removed: Vec<Entry>) -> Option<(u64, Vec<Entry>)> {
+    /// Forgets backends that came back; returns this reload's number and the backends
+    /// it newly removed, if any.
+    fn update(&mut self, removed: &[Entry]) -> Option<(u64, HashSet<Pair>)> {
         self.reloads += 1;
-        let gone: HashSet<(Arc<str>, BackendKey)> = removed.iter().map(pair).collect();
+        let gone: HashSet<Pair> = removed.iter().map(pair).collect();
         self.pending.retain(|k, _| gone.contains(k));
-        let fresh: Vec<Entry> = removed
+        let fresh: HashSet<Pair> = gone
             .into_iter()
-            .filter(|e| !self.pending.contains_key(&pair(e)))
+            .filter(|k| !self.pending.contains_key(k))
             .collect();
-        for e in &fresh {
-            self.pending.insert(pair(e), self.reloads);
+        for k in &fresh {
+            self.pending.insert(k.clone(), self.reloads);
         }
         (!fresh.is_empty()).then_some((self.reloads, fresh))
     }
 
-    /// When the grace of `reload` ends: those of `removed` whose backend has stayed
-    /// removed since that reload.
-    fn due(&mut self, reload: u64, removed: Vec<Entry>) -> Vec<Entry> {
-        let due: Vec<Entry> = removed
+    /// When the grace of `reload` ends: those of `backends` that have stayed removed
+    /// since that reload.
+    fn due(&mut self, reload: u64, backends: HashSet<Pair>) -> HashSet<Pair> {
+        let due: HashSet<Pair> = backends
             .into_iter()
-            .filter(|e| self.pending.get(&pair(e)) == Some(&reload))
+            .filter(|k| self.pending.get(k) == Some(&reload))
             .collect();
-        for e in &due {
-            self.pending.remove(&pair(e));
-        }
+        self.pending.retain(|k, _| !due.contains(k));
         due
     }
 }
 
-fn pair(e: &Entry) -> (Arc<str>, BackendKey) {
+fn pair(e: &Entry) -> Pair {
     (e.upstream.clone(), e.backend.clone())
 }
 
@@ -158,10 +165,14 @@ fn has_backend(snap: &Snapshot, e: &Entry) -> bool {
         .is_some_and(|u| u.backends.iter().any(|b| b.key == e.backend))
 }
 
-fn close_removed(due: Vec<Entry>) {
-    let closed = due
+/// Closes every tunnel of the `due` backends, also those an upgrade in flight at the
+/// reload registered after it.
+fn close_removed(live: &Live, due: &HashSet<Pair>) {
+    let closed = live
+        .registry
+        .entries()
         .iter()
-        .filter(|e| e.ctl.close(CloseReason::Removed))
+        .filter(|e| due.contains(&pair(e)) && e.ctl.close(CloseReason::Removed))
         .count();
     if closed > 0 {
         info!(closed, "closed the tunnels of removed backends");
@@ -200,14 +211,14 @@ mod tests {
         let c = BackendKey::new("c".into(), "127.0.0.1:9003".parse().unwrap());
         let _tunnel = registry.register("app".into(), "/".into(), c, 7, None);
         let mut removals = Removals::default();
-        // Reload 1 removes c: its tunnel is scheduled.
-        let (first, scheduled) = removals.update(registry.entries()).unwrap();
+        // Reload 1 removes c: it is scheduled.
+        let (first, scheduled) = removals.update(&registry.entries()).unwrap();
         assert_eq!(scheduled.len(), 1);
         // Reload 2 brings c back, reload 3 removes it again: scheduled afresh.
-        assert!(removals.update(Vec::new()).is_none());
-        let (third, again) = removals.update(registry.entries()).unwrap();
+        assert!(removals.update(&[]).is_none());
+        let (third, again) = removals.update(&registry.entries()).unwrap();
         // Reload 4 changes something else: c is already pending, nothing new.
-        assert!(removals.update(registry.entries()).is_none());
+        assert!(removals.update(&registry.entries()).is_none());
         // The first grace ends: not due, c was removed again since.
         assert!(removals.due(first, scheduled).is_empty());
         // The grace of the last removal ends: due.

@@ -178,3 +178,64 @@ async fn the_access_event_comes_when_the_body_is_sent_and_counts_it() {
     assert!(line.contains("bytes_down=11"), "{line}");
     assert!(!line.contains("aborted"), "{line}");
 }
+
+#[tokio::test]
+async fn abandoned_requests_and_head_answers_are_logged_as_such() {
+    let held = HeldBackend::start().await;
+    let (_dir, path) = write_config(&one_backend(held.addr));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    // tether's own answer to a HEAD has no body to send: not aborted.
+    let (_, head) = raw_head(
+        addr,
+        b"HEAD /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+    let line = bin.wait_for("tether::access");
+    assert!(
+        line.contains("status=501") && !line.contains("aborted"),
+        "{line}"
+    );
+    // The client leaves before the backend answers: nginx's 499.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut held = held;
+    held.arrived.recv().await.unwrap();
+    drop(s);
+    let line = bin.wait_for("tether::access");
+    assert!(line.contains("status=499"), "{line}");
+}
+
+#[tokio::test]
+async fn a_timeout_then_a_refused_connect_is_a_504_logged_against_the_slow_node() {
+    let held = HeldBackend::start().await;
+    let dead = dead_addr().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"slow\" }}, {{ addr = \"{dead}\", name = \"dead\" }}]\n\
+         response_timeout = \"200ms\"\n[upstream.app.health]\ninterval = \"1h\"\n",
+        held.addr
+    );
+    let config = tether::config::Config::parse(&toml, "t").unwrap();
+    let live = tether::Live::new(&config);
+    let snap = live.load();
+    let app = snap.upstream("app").unwrap();
+    // A principal whose owner is the slow node, the dead one next.
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            let key = tether::principal::Principal::from_bytes(k.as_bytes()).key();
+            app.owner(key).unwrap().id.as_ref() == "slow"
+        })
+        .unwrap();
+    let (_dir, path) = write_config(&toml);
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    let (status, _, body) = http(addr, get("t", &format!("/info?u={key}"), &[])).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    let line = bin.wait_for("tether::access");
+    assert!(line.contains("backend=\"slow\""), "{line}");
+}

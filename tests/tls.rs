@@ -181,13 +181,7 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
     let nodes = nodes(&["a", "b", "c"]).await;
     let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&leaf), "")).await;
     let port = proxy.addr.port();
-    let stream = tls(
-        proxy.addr,
-        pki.client_config(&[b"h2"], false),
-        "chat.example.com",
-    )
-    .await
-    .unwrap();
+    let stream = h2_tls(&proxy, &pki).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -570,13 +564,7 @@ async fn a_backend_with_a_wrong_accept_key_is_refused_for_http2_clients() {
         cert_keys(&leaf)
     );
     let proxy = Proxy::start(&text).await;
-    let stream = tls(
-        proxy.addr,
-        pki.client_config(&[b"h2"], false),
-        "chat.example.com",
-    )
-    .await
-    .unwrap();
+    let stream = h2_tls(&proxy, &pki).await;
     let (mut h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -597,11 +585,8 @@ async fn a_backend_with_a_wrong_accept_key_is_refused_for_http2_clients() {
     proxy.stop().await;
 }
 
-/// An HTTP/2 connection to `proxy` with a driver task; and the port for URLs.
-async fn h2_client(
-    proxy: &Proxy,
-    pki: &Pki,
-) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, u16) {
+/// A TLS connection to `proxy` that negotiated `h2`, for `chat.example.com`.
+async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
     let stream = tls(
         proxy.addr,
         pki.client_config(&[b"h2"], false),
@@ -609,6 +594,16 @@ async fn h2_client(
     )
     .await
     .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+}
+
+/// An HTTP/2 connection to `proxy` with a driver task; and the port for URLs.
+async fn h2_client(
+    proxy: &Proxy,
+    pki: &Pki,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, u16) {
+    let stream = h2_tls(proxy, pki).await;
     let (h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -634,26 +629,32 @@ async fn h2_ws(
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
 }
 
-#[tokio::test]
-async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
+/// tether with a TLS listener (`header_timeout` if given) in front of node "a", and
+/// `extra` config after it; the PKI to trust it with and the node, kept running.
+async fn tls_proxy(
+    header_timeout: Option<&str>,
+    extra: &str,
+) -> (Pki, Proxy, Vec<tether::demo::Node>) {
     let pki = Pki::new();
     let leaf = pki.leaf("default", &["chat.example.com"]);
     let nodes = nodes(&["a"]).await;
-    let toml = tls_config(&nodes, &cert_keys(&leaf), "").replacen(
-        "[listener.tls]",
-        "header_timeout = \"200ms\"\n[listener.tls]",
-        1,
-    );
-    let proxy = Proxy::start(&toml).await;
+    let mut toml = tls_config(&nodes, &cert_keys(&leaf), "") + extra;
+    if let Some(t) = header_timeout {
+        toml = toml.replacen(
+            "[listener.tls]",
+            &format!("header_timeout = \"{t}\"\n[listener.tls]"),
+            1,
+        );
+    }
+    (pki, Proxy::start(&toml).await, nodes)
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
+    let (pki, proxy, _nodes) = tls_proxy(Some("200ms"), "").await;
 
     // ALPN h2, then silence: no preface ever comes. Closed, not held forever.
-    let mut silent = tls(
-        proxy.addr,
-        pki.client_config(&[b"h2"], false),
-        "chat.example.com",
-    )
-    .await
-    .unwrap();
+    let mut silent = h2_tls(&proxy, &pki).await;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(
         PATIENCE,
@@ -722,16 +723,15 @@ async fn stalling_ws_backend() -> SocketAddr {
 
 #[tokio::test]
 async fn stalled_http2_websockets_hold_back_only_themselves() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("default", &["chat.example.com"]);
-    let nodes = nodes(&["a"]).await;
     let stall = stalling_ws_backend().await;
-    let toml = tls_config(&nodes, &cert_keys(&leaf), "")
-        + &format!(
+    let (pki, proxy, _nodes) = tls_proxy(
+        None,
+        &format!(
             "\n[[route]]\npath = \"/stall\"\nupstream = \"stall\"\n\
              [upstream.stall]\nbackends = [\"{stall}\"]\n"
-        );
-    let proxy = Proxy::start(&toml).await;
+        ),
+    )
+    .await;
     let (mut h2, port) = h2_client(&proxy, &pki).await;
     let mut healthy = h2_ws(&mut h2, port, "/ws?u=k").await;
     healthy.next().await.unwrap().unwrap(); // the greeting
@@ -745,7 +745,7 @@ async fn stalled_http2_websockets_hold_back_only_themselves() {
         let mut blocked = false;
         for _ in 0..1024 {
             let send = stalled.send(Message::binary(chunk.clone()));
-            if tokio::time::timeout(std::time::Duration::from_millis(300), send)
+            if tokio::time::timeout(std::time::Duration::from_millis(500), send)
                 .await
                 .is_err()
             {
@@ -763,5 +763,50 @@ async fn stalled_http2_websockets_hold_back_only_themselves() {
         Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "through"),
         other => panic!("the healthy stream is blocked: {other:?}"),
     }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_only_pings_is_closed() {
+    let (pki, proxy, _nodes) = tls_proxy(Some("300ms"), "").await;
+    let stream = h2_tls(&proxy, &pki).await;
+    let (mut rx, mut tx) = tokio::io::split(stream);
+    let reader = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut sink).await;
+    });
+    // The preface, empty SETTINGS, then a PING every 100 ms: traffic, but no request.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let _ = tx.write_all(&hello).await;
+    let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    // Closed while the pings still come (50 of them: 5 s, many idle timeouts).
+    let mut closed = false;
+    for _ in 0..50 {
+        if reader.is_finished() || tx.write_all(&ping).await.is_err() {
+            closed = true;
+            break;
+        }
+        // The pace of the trickle is what is being tested.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(closed, "a client that only pings was kept open");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn many_cookie_fields_over_http2_count_as_one() {
+    // Browsers send each cookie as its own HTTP/2 field (RFC 9113 §8.2.3).
+    let (pki, proxy, _nodes) = tls_proxy(None, "").await;
+    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    let mut req = Request::get(format!("https://chat.example.com:{port}/info"));
+    for i in 0..120 {
+        req = req.header("cookie", format!("c{i}=v"));
+    }
+    let resp = h2
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     proxy.stop().await;
 }

@@ -34,9 +34,10 @@ impl Cpu {
     /// What was used between `self` and the later reading `now`: (ns, of which in the
     /// kernel).
     pub fn since(self, now: Cpu) -> (u64, u64) {
-        let ns = now.ns - self.ns;
-        let user = now.user_ticks - self.user_ticks;
-        let sys = now.sys_ticks - self.sys_ticks;
+        // Saturating: a thread that exited in between takes its time out of the sum.
+        let ns = now.ns.saturating_sub(self.ns);
+        let user = now.user_ticks.saturating_sub(self.user_ticks);
+        let sys = now.sys_ticks.saturating_sub(self.sys_ticks);
         let kernel = (ns as f64 * sys as f64 / (user + sys).max(1) as f64) as u64;
         (ns, kernel)
     }

@@ -100,12 +100,11 @@ pub struct RouteConfig {
 /// A configuration error, printed as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The I/O error is part of the message, not a `source`: printing the chain would
-    /// repeat it.
-    #[error("{origin}: cannot read: {cause}")]
+    #[error("{origin}: cannot read")]
     Read {
         origin: String,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{origin}:{line}:{column}: {message}")]
     At {
@@ -120,9 +119,9 @@ impl Config {
     /// Reads and parses the file at `path`; errors name the path as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             origin: origin.clone(),
-            cause,
+            source,
         })?;
         Config::parse(&text, &origin)
     }

@@ -165,10 +165,9 @@ fn certified_key(
     let chain = read_certs(cert)?;
     let bytes = fs::read(Path::new(key.get_ref()))
         .map_err(|e| file_error(key, format!("cannot read: {e}")))?;
-    if bytes
-        .windows(b"ENCRYPTED PRIVATE KEY".len())
-        .any(|w| w == b"ENCRYPTED PRIVATE KEY")
-    {
+    // `BEGIN ENCRYPTED PRIVATE KEY` (PKCS#8) or `Proc-Type: 4,ENCRYPTED` (OpenSSL's
+    // older PEM encryption).
+    if bytes.windows(b"ENCRYPTED".len()).any(|w| w == b"ENCRYPTED") {
         return Err(file_error(
             key,
             "is encrypted; tether needs the key unencrypted (`openssl pkey -in KEY -out PLAIN`)",

@@ -1,8 +1,10 @@
 //! The access log of plain requests and upgrades: one `tether::access` event per
-//! request, written when its response body has been sent (or the client went away),
-//! so `duration_ms` and `bytes_down` cover the whole response, as nginx's
-//! `$request_time` and `$bytes_sent` do. Never the path or the query (they may hold
-//! the principal): the route label and the principal's fingerprint.
+//! request, written when its response body has been sent, so `duration_ms` and
+//! `bytes_down` cover the whole response, as nginx's `$request_time` and
+//! `$body_bytes_sent` do. A client that leaves mid-body gets `aborted=true`; one that
+//! leaves before the response head gets status 499, as in nginx. Never the path or
+//! the query (they may hold the principal): the route label and the principal's
+//! fingerprint.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,14 +27,71 @@ pub(crate) struct Access {
     pub websocket: bool,
 }
 
-/// A finished request head, waiting for its response body to end.
+/// What the event needs from the request itself.
 #[derive(Debug)]
-pub(crate) struct Record {
+struct Meta {
+    method: Method,
+    bytes_up: Option<u64>,
+    started: Instant,
+}
+
+/// nginx's status for a request whose client left before the response head.
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request being handled. Dropped before [`Pending::answered`] (the client went
+/// away and the handler with it), it writes the event with status 499.
+#[derive(Debug)]
+pub(crate) struct Pending {
     pub access: Access,
-    pub method: Method,
-    pub status: StatusCode,
-    pub bytes_up: Option<u64>,
-    pub started: Instant,
+    /// `None` when the access log is off: then nothing is kept or written.
+    meta: Option<Meta>,
+}
+
+impl Pending {
+    pub fn new(method: &Method, bytes_up: Option<u64>, started: Instant) -> Pending {
+        let on = tracing::enabled!(target: "tether::access", tracing::Level::INFO);
+        Pending {
+            access: Access::default(),
+            meta: on.then(|| Meta {
+                method: method.clone(),
+                bytes_up,
+                started,
+            }),
+        }
+    }
+
+    /// The response head is ready: the event now waits for the body, `inner`.
+    pub fn answered(mut self, status: StatusCode, inner: Body) -> Logged {
+        let record = self.meta.take().map(|meta| {
+            // Boxed: the body sits inline in the connection's dispatcher.
+            Box::new(Record {
+                access: std::mem::take(&mut self.access),
+                meta,
+                status,
+            })
+        });
+        Logged {
+            inner,
+            sent: 0,
+            complete: false,
+            record,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(meta) = self.meta.take() {
+            write(&self.access, &meta, CLIENT_CLOSED, 0, false);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Record {
+    access: Access,
+    meta: Meta,
+    status: StatusCode,
 }
 
 /// The response body as the client receives it: [`Body`], counted, with the access
@@ -43,24 +102,6 @@ pub struct Logged {
     sent: u64,
     complete: bool,
     record: Option<Box<Record>>,
-}
-
-impl Logged {
-    /// `record` is `None` when the access log is off: then nothing is kept.
-    pub(crate) fn new(inner: Body, record: Option<Record>) -> Logged {
-        Logged {
-            inner,
-            sent: 0,
-            complete: false,
-            // Boxed: the body sits inline in the connection's dispatcher.
-            record: record.map(Box::new),
-        }
-    }
-}
-
-/// Whether access events are wanted at all (`RUST_LOG` may turn them off).
-pub(crate) fn enabled() -> bool {
-    tracing::enabled!(target: "tether::access", tracing::Level::INFO)
 }
 
 impl HttpBody for Logged {
@@ -97,21 +138,25 @@ impl HttpBody for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
-        let complete = self.complete || self.inner.is_end_stream();
-        let a = &r.access;
-        info!(
-            target: "tether::access",
-            kind = if a.websocket { "upgrade" } else { "http" },
-            method = %r.method,
-            route = a.route.as_deref().unwrap_or("-"),
-            backend = a.backend.as_deref().unwrap_or("-"),
-            status = r.status.as_u16(),
-            duration_ms = r.started.elapsed().as_millis() as u64,
-            bytes_up = r.bytes_up,
-            bytes_down = self.sent,
-            aborted = (!complete).then_some(true),
-            principal = a.principal.map(tracing::field::display),
-            "request"
-        );
+        // A HEAD response has no body to send: hyper drops it unpolled.
+        let complete = self.complete || self.inner.is_end_stream() || r.meta.method == Method::HEAD;
+        write(&r.access, &r.meta, r.status.as_u16(), self.sent, !complete);
     }
+}
+
+fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
+    info!(
+        target: "tether::access",
+        kind = if a.websocket { "upgrade" } else { "http" },
+        method = %m.method,
+        route = a.route.as_deref().unwrap_or("-"),
+        backend = a.backend.as_deref().unwrap_or("-"),
+        status,
+        duration_ms = m.started.elapsed().as_millis() as u64,
+        bytes_up = m.bytes_up,
+        bytes_down,
+        aborted = aborted.then_some(true),
+        principal = a.principal.map(tracing::field::display),
+        "request"
+    );
 }

@@ -1,5 +1,6 @@
 //! The one error type of the request path and the one function that decides what the
-//! client sees for it: client faults are 4xx, upstream failures 502.
+//! client sees for it: client faults are 4xx, a backend's failure 502 (504 when it did
+//! not answer in time), a transfer coding tether cannot pass on 501.
 
 use std::sync::Arc;
 
@@ -48,6 +49,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The backend this failure is about, if it is about one.
+    pub fn backend(&self) -> Option<&Arc<str>> {
+        match self {
+            ProxyError::Upstream { backend, .. }
+            | ProxyError::Timeout { backend }
+            | ProxyError::BadUpgrade { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

@@ -30,9 +30,8 @@ impl Proxy {
         let mut last = None;
         let (backend, resp) = loop {
             let Some(b) = candidates.next() else {
-                return Err(exhausted(last, upstream, access));
+                return Err(exhausted(last, upstream));
             };
-            access.backend = Some(b.id.clone());
             let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
                 backend: b.id.clone(),
                 source: e,
@@ -63,11 +62,12 @@ impl Proxy {
                     if !(parts.method.is_idempotent() && body.untouched()) {
                         return Err(timed_out);
                     }
-                    warn!(upstream = %upstream.name, backend = %b.id, "no response within {}; the request goes to the next backend", human(timeout));
+                    warn!(upstream = %upstream.name, backend = %b.id, "no response within {}", human(timeout));
                     last = Some(timed_out);
                 }
             }
         };
+        access.backend = Some(backend.id.clone());
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
         relay(resp, &backend.id)
     }

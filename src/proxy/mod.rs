@@ -12,9 +12,10 @@
 //! "First reachable candidate": the upstream's candidates for the principal, in
 //! placement order (down backends and, with bounded load, full ones last). A backend
 //! that refuses or times out the connect counts a passive failure against its health
-//! and the next one is tried. A backend that accepts but does not answer in time counts
-//! one too; the request moves on if it can safely be sent twice (an upgrade, or an
-//! idempotent method whose body was not sent), else the client gets 504.
+//! and the next one is tried. A backend that accepts but does not answer in time moves
+//! the request on if it can safely be sent twice (an upgrade, or an idempotent method
+//! whose body was not sent), else the client gets 504; an unanswered upgrade counts
+//! against the backend's health, a slow plain response does not.
 
 mod access;
 mod body;
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 pub use access::Logged;
-use access::{Access, Record};
+use access::{Access, Pending};
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{
@@ -90,25 +91,23 @@ impl Proxy {
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let bytes_up = content_length(req.headers());
-        let mut access = Access::default();
-        let mut resp = match self.forward(req, conn, &mut access).await {
+        let mut pending = Pending::new(req.method(), content_length(req.headers()), Instant::now());
+        let access = &mut pending.access;
+        let mut resp = match self.forward(req, conn, access).await {
             Ok(resp) => resp,
-            // A backend's failure is the operator's business (nginx logs it at
-            // `error`); a client's own is not, or any client could flood the log.
-            Err(e)
+            Err(e) => {
+                // The backend the failure is about, if one is.
+                access.backend = e.backend().cloned();
+                // A backend's failure is the operator's business (nginx logs it at
+                // `error`); a client's own is not, or any client could flood the log.
                 if matches!(
                     e.status(),
                     StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-                ) =>
-            {
-                warn!(route = access.route.as_deref(), backend = access.backend.as_deref(), error = %chain(&e), "request failed");
-                e.response()
-            }
-            Err(e) => {
-                debug!(error = %chain(&e), "request failed");
+                ) {
+                    warn!(route = access.route.as_deref(), backend = access.backend.as_deref(), error = %chain(&e), "request failed");
+                } else {
+                    debug!(error = %chain(&e), "request failed");
+                }
                 e.response()
             }
         };
@@ -118,15 +117,8 @@ impl Proxy {
                 .or_insert_with(|| hsts.clone());
         }
         let status = resp.status();
-        self.count(&access, status);
-        let record = access::enabled().then_some(Record {
-            access,
-            method,
-            status,
-            bytes_up,
-            started,
-        });
-        resp.map(|body| Logged::new(body, record))
+        self.count(access, status);
+        resp.map(|body| pending.answered(status, body))
     }
 
     /// The request counter, for plain HTTP (upgrades have their own).
@@ -155,10 +147,6 @@ impl Proxy {
         }
         if !only_chunked(req.headers()) {
             return Err(ProxyError::TransferCoding);
-        }
-        // hyper's HTTP/1 parser stops at 100 fields; HTTP/2 has only a byte limit.
-        if req.headers().len() > MAX_HEADERS {
-            return Err(ProxyError::TooManyHeaders);
         }
         let host = request_host(&mut req)?;
         let host_str = match &host {
@@ -209,6 +197,11 @@ impl Proxy {
         if req.version() == Version::HTTP_2 {
             // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
             join_cookies(req.headers_mut());
+            // hyper's HTTP/1 parser stops at 100 fields; HTTP/2 has only a byte limit.
+            // Counted after the join: browsers send each cookie as its own field.
+            if req.headers().len() > MAX_HEADERS {
+                return Err(ProxyError::TooManyHeaders);
+            }
         }
 
         match websocket {
@@ -255,12 +248,9 @@ pub(crate) fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::req
 /// What the client hears when every candidate failed: `last`, the last failure that
 /// was not a refused connect (a backend that accepted and then timed out or broke the
 /// exchange), else that no backend accepted a connection.
-fn exhausted(last: Option<ProxyError>, upstream: &Upstream, access: &mut Access) -> ProxyError {
-    last.unwrap_or_else(|| {
-        access.backend = None;
-        ProxyError::NoBackend {
-            upstream: upstream.name.clone(),
-        }
+fn exhausted(last: Option<ProxyError>, upstream: &Upstream) -> ProxyError {
+    last.unwrap_or_else(|| ProxyError::NoBackend {
+        upstream: upstream.name.clone(),
     })
 }
 

@@ -169,9 +169,8 @@ impl Proxy {
         let mut last = None;
         let (backend, resp) = loop {
             let Some(b) = candidates.next() else {
-                return Err(exhausted(last, upstream, access));
+                return Err(exhausted(last, upstream));
             };
-            access.backend = Some(b.id.clone());
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -201,6 +200,7 @@ impl Proxy {
                 }
             }
         };
+        access.backend = Some(backend.id.clone());
         let metrics = &self.live.metrics;
         let info = TunnelInfo {
             route: route.label.clone(),
