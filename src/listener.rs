@@ -11,17 +11,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +108,7 @@ pub(crate) async fn accept_loop(
             },
             hsts: settings.tls.as_ref().and_then(|t| t.hsts.clone()),
             redirect_https: settings.redirect_https,
+            streams: None,
         });
         tasks.spawn(serve(stream, settings, info, proxy.clone(), token.clone()));
     }
@@ -163,21 +162,25 @@ async fn serve(
     proxy: Arc<Proxy>,
     token: CancellationToken,
 ) {
-    // The handler; on HTTP/2 it also counts requests for the idle timeout.
-    let service = move |activity: Option<Arc<Activity>>| {
+    // The handler; on HTTP/2 it also counts requests and open streams for the idle
+    // timeout (a response body being sent is an open stream; so is a WebSocket, whose
+    // tunnel holds its own `Open`, see `ConnInfo::streams`).
+    let service = move |info: Arc<ConnInfo>| {
         service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
-            let handling = activity.as_ref().map(Handling::start);
+            let open = info.streams.as_ref().map(|a| {
+                a.requests.fetch_add(1, Ordering::Relaxed);
+                Open::new(a)
+            });
             async move {
                 let resp = proxy.handle(req, &info).await;
-                drop(handling);
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(|body| body.holding(open)))
             }
         })
     };
     let Some(tls) = &settings.tls else {
-        return http1(TokioIo::new(stream), &settings, service(None), token).await;
+        return http1(TokioIo::new(stream), &settings, service(info), token).await;
     };
     let accepted = tokio::time::timeout(
         tls.handshake_timeout,
@@ -193,14 +196,20 @@ async fn serve(
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let activity = Arc::new(Activity::default());
-        let stream = Watched {
-            inner: stream,
-            activity: activity.clone(),
-        };
-        let service = service(Some(activity.clone()));
-        http2(TokioIo::new(stream), &settings, service, &activity, token).await
+        let info = Arc::new(ConnInfo {
+            streams: Some(activity.clone()),
+            ..(*info).clone()
+        });
+        http2(
+            TokioIo::new(stream),
+            &settings,
+            service(info),
+            &activity,
+            token,
+        )
+        .await
     } else {
-        http1(TokioIo::new(stream), &settings, service(None), token).await
+        http1(TokioIo::new(stream), &settings, service(info), token).await
     }
 }
 
@@ -245,11 +254,13 @@ const H2_STREAM_WINDOW: u32 = 64 * 1024;
 /// the other streams of the connection (hyper's default, 1 MiB for both, let one
 /// stalled stream block all of them).
 ///
-/// Idle timeout, as HTTP/1.1's header timeout: a connection with no request within
-/// `header_timeout` of its start is closed (no preface, or a preface and then only
-/// PINGs or SETTINGS: a slowloris); later, one that has read nothing for
-/// `header_timeout` while no request is being handled is sent GOAWAY, which closes it
-/// once its open streams (WebSockets, downloads) end.
+/// Idle timeout, as HTTP/1.1's header timeout, counted in requests and open streams
+/// (not in bytes: PINGs would keep a connection forever). A connection with no request
+/// within `header_timeout` of the TLS handshake is closed (no preface, or only PINGs
+/// and SETTINGS: a slowloris). Later, one with no stream open and no new request for
+/// `header_timeout` is sent GOAWAY; if it has still not ended, with nothing open, one
+/// `header_timeout` after that, it is closed. A connection carrying a WebSocket is
+/// never idle.
 async fn http2<I, S, B>(
     io: I,
     settings: &Settings,
@@ -276,27 +287,32 @@ async fn http2<I, S, B>(
     let mut idle = tokio::time::interval(settings.header_timeout);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle.tick().await; // the first tick is immediate
-    let mut reads = activity.reads.load(Ordering::Relaxed);
+    let mut requests = 0;
     let mut closing = false;
     let result = loop {
         tokio::select! {
+            // A request that has arrived wins over the timer.
+            biased;
             r = conn.as_mut() => break r,
             () = token.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
             _ = idle.tick() => {
-                if activity.requests.load(Ordering::Relaxed) == 0 {
+                let now = activity.requests.load(Ordering::Relaxed);
+                if now == 0 {
                     return debug!("HTTP/2 client sent no request in time; closed");
                 }
-                let now = activity.reads.load(Ordering::Relaxed);
-                let quiet = now == reads && activity.handling.load(Ordering::Relaxed) == 0;
-                reads = now;
-                if quiet && !closing {
+                let open = activity.open.load(Ordering::Relaxed);
+                if open == 0 && closing {
+                    return debug!("HTTP/2 client did not leave after GOAWAY; closed");
+                }
+                if open == 0 && now == requests {
                     debug!("HTTP/2 client connection idle; GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                requests = now;
             }
         }
     };
@@ -307,80 +323,27 @@ async fn http2<I, S, B>(
 
 /// What an HTTP/2 connection's idle timeout looks at.
 #[derive(Debug, Default)]
-struct Activity {
-    /// Reads from the client that returned bytes.
-    reads: AtomicU64,
-    /// Requests whose response head is not yet answered.
-    handling: AtomicUsize,
+pub(crate) struct Activity {
     /// Requests seen at all.
     requests: AtomicU64,
+    /// Streams open: requests being handled, response bodies being sent, WebSockets.
+    open: AtomicUsize,
 }
 
-/// A request being handled, counted in [`Activity`] until dropped.
-struct Handling(Arc<Activity>);
+/// One open stream of an HTTP/2 connection, counted in [`Activity`] until dropped.
+#[derive(Debug)]
+pub(crate) struct Open(Arc<Activity>);
 
-impl Handling {
-    fn start(activity: &Arc<Activity>) -> Handling {
-        activity.requests.fetch_add(1, Ordering::Relaxed);
-        activity.handling.fetch_add(1, Ordering::Relaxed);
-        Handling(activity.clone())
+impl Open {
+    pub(crate) fn new(activity: &Arc<Activity>) -> Open {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Open(activity.clone())
     }
 }
 
-impl Drop for Handling {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.handling.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A client stream that counts its reads into [`Activity`].
-struct Watched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -48,7 +48,9 @@ impl Server {
         for l in fresh {
             self.listen(l);
         }
+        let before = backends(&self.live.load());
         self.live.replace(config);
+        let now = backends(&self.live.load());
         let keep: HashSet<(Kind, SocketAddr)> = binds(config).into_iter().collect();
         for key in self.listening() {
             if !keep.contains(&key) {
@@ -61,18 +63,25 @@ impl Server {
             .get_or_create(&ResultLabels { result: "ok" })
             .inc();
         self.live.event("configuration reloaded".into());
-        let removed = removed_tunnels(&self.live);
-        let scheduled = lock(&self.removals).update(&removed);
+        let removed: HashSet<Pair> = before.difference(&now).cloned().collect();
+        let scheduled = lock(&self.removals).update(removed, &now);
         if let Some((reload, backends)) = scheduled {
             let grace = config.removal_grace;
-            info!(
-                tunnels = removed
-                    .iter()
-                    .filter(|e| backends.contains(&pair(e)))
-                    .count(),
-                grace_ms = grace.as_millis() as u64,
-                "tunnels of removed backends close after the grace period"
-            );
+            let tunnels = self
+                .live
+                .registry
+                .entries()
+                .iter()
+                .filter(|e| backends.contains(&pair(e)))
+                .count();
+            // Scheduled even without tunnels: an upgrade in flight may register one.
+            if tunnels > 0 {
+                info!(
+                    tunnels,
+                    grace_ms = grace.as_millis() as u64,
+                    "tunnels of removed backends close after the grace period"
+                );
+            }
             let (live, removals) = (self.live.clone(), self.removals.clone());
             let stop = self.background.clone();
             tokio::spawn(async move {
@@ -91,9 +100,9 @@ impl Server {
 /// A backend in its upstream.
 type Pair = (Arc<str>, BackendKey);
 
-/// The backends reloads removed while they still had tunnels, each with the reload
-/// that removed it: its grace counts from then, and a backend removed, re-added and
-/// removed again gets a fresh grace from the last removal.
+/// The backends reloads removed, each with the reload that removed it: its grace
+/// counts from then, and a backend removed, re-added and removed again gets a fresh
+/// grace from the last removal.
 #[derive(Debug, Default)]
 pub(crate) struct Removals {
     reloads: u64,
@@ -101,14 +110,17 @@ pub(crate) struct Removals {
 }
 
 impl Removals {
-    /// After a reload: `removed` are the tunnels whose backend the new snapshot lacks.
-    /// Forgets backends that came back; returns this reload's number and the backends
-    /// it newly removed, if any.
-    fn update(&mut self, removed: &[Entry]) -> Option<(u64, HashSet<Pair>)> {
+    /// After a reload that removed `removed` and left `present`: forgets backends that
+    /// came back; returns this reload's number and the backends it newly removed, if
+    /// any.
+    fn update(
+        &mut self,
+        removed: HashSet<Pair>,
+        present: &HashSet<Pair>,
+    ) -> Option<(u64, HashSet<Pair>)> {
         self.reloads += 1;
-        let gone: HashSet<Pair> = removed.iter().map(pair).collect();
-        self.pending.retain(|k, _| gone.contains(k));
-        let fresh: HashSet<Pair> = gone
+        self.pending.retain(|k, _| !present.contains(k));
+        let fresh: HashSet<Pair> = removed
             .into_iter()
             .filter(|k| !self.pending.contains_key(k))
             .collect();
@@ -150,29 +162,26 @@ impl Server {
     }
 }
 
-/// Tunnels whose backend (in their upstream) the new snapshot no longer has.
-fn removed_tunnels(live: &Live) -> Vec<Entry> {
-    let snap = live.load();
-    live.registry
-        .entries()
-        .into_iter()
-        .filter(|e| !has_backend(&snap, e))
+/// Every backend of `snap`, in its upstream.
+fn backends(snap: &Snapshot) -> HashSet<Pair> {
+    snap.upstreams
+        .iter()
+        .flat_map(|u| u.backends.iter().map(|b| (u.name.clone(), b.key.clone())))
         .collect()
 }
 
-fn has_backend(snap: &Snapshot, e: &Entry) -> bool {
-    snap.upstream(&e.upstream)
-        .is_some_and(|u| u.backends.iter().any(|b| b.key == e.backend))
-}
-
 /// Closes every tunnel of the `due` backends, also those an upgrade in flight at the
-/// reload registered after it.
+/// reload registered after it, unless a reload since brought the backend back.
 fn close_removed(live: &Live, due: &HashSet<Pair>) {
+    let present = backends(&live.load());
     let closed = live
         .registry
         .entries()
         .iter()
-        .filter(|e| due.contains(&pair(e)) && e.ctl.close(CloseReason::Removed))
+        .filter(|e| {
+            let p = pair(e);
+            due.contains(&p) && !present.contains(&p) && e.ctl.close(CloseReason::Removed)
+        })
         .count();
     if closed > 0 {
         info!(closed, "closed the tunnels of removed backends");
@@ -207,21 +216,24 @@ mod tests {
 
     #[test]
     fn a_backend_removed_again_gets_its_grace_from_the_last_removal() {
-        let registry = Arc::new(crate::registry::Registry::default());
-        let c = BackendKey::new("c".into(), "127.0.0.1:9003".parse().unwrap());
-        let _tunnel = registry.register("app".into(), "/".into(), c, 7, None);
+        let c: Pair = (
+            "app".into(),
+            BackendKey::new("c".into(), "127.0.0.1:9003".parse().unwrap()),
+        );
+        let with_c = HashSet::from([c.clone()]);
+        let none = HashSet::new();
         let mut removals = Removals::default();
-        // Reload 1 removes c: it is scheduled.
-        let (first, scheduled) = removals.update(&registry.entries()).unwrap();
-        assert_eq!(scheduled.len(), 1);
+        // Reload 1 removes c (tunnels or not: an upgrade may be in flight).
+        let (first, scheduled) = removals.update(with_c.clone(), &none).unwrap();
+        assert_eq!(scheduled, with_c);
         // Reload 2 brings c back, reload 3 removes it again: scheduled afresh.
-        assert!(removals.update(&[]).is_none());
-        let (third, again) = removals.update(&registry.entries()).unwrap();
+        assert!(removals.update(HashSet::new(), &with_c).is_none());
+        let (third, again) = removals.update(with_c.clone(), &none).unwrap();
         // Reload 4 changes something else: c is already pending, nothing new.
-        assert!(removals.update(&registry.entries()).is_none());
+        assert!(removals.update(HashSet::new(), &none).is_none());
         // The first grace ends: not due, c was removed again since.
         assert!(removals.due(first, scheduled).is_empty());
         // The grace of the last removal ends: due.
-        assert_eq!(removals.due(third, again).len(), 1);
+        assert_eq!(removals.due(third, again), with_c);
     }
 }

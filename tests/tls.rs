@@ -598,18 +598,25 @@ async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
     stream
 }
 
-/// An HTTP/2 connection to `proxy` with a driver task; and the port for URLs.
+/// An HTTP/2 connection to `proxy`: its sender, the port for URLs, and the task that
+/// drives it (it ends when the connection does).
 async fn h2_client(
     proxy: &Proxy,
     pki: &Pki,
-) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, u16) {
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    u16,
+    tokio::task::JoinHandle<()>,
+) {
     let stream = h2_tls(proxy, pki).await;
     let (h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
-    tokio::spawn(conn);
-    (h2, proxy.addr.port())
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (h2, proxy.addr.port(), driver)
 }
 
 /// A WebSocket over `h2` (RFC 8441) to `path`.
@@ -651,7 +658,7 @@ async fn tls_proxy(
 
 #[tokio::test]
 async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
-    let (pki, proxy, _nodes) = tls_proxy(Some("200ms"), "").await;
+    let (pki, proxy, _nodes) = tls_proxy(Some("1s"), "").await;
 
     // ALPN h2, then silence: no preface ever comes. Closed, not held forever.
     let mut silent = h2_tls(&proxy, &pki).await;
@@ -663,25 +670,64 @@ async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
     .await;
     assert!(read.is_ok(), "a silent HTTP/2 connection was kept open");
 
-    // A connection that made requests and went quiet is sent GOAWAY, but the
-    // WebSocket it carries is a stream that stays open until it ends.
-    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    // A connection carrying a WebSocket is not idle, however quiet.
+    let (mut h2, port, conn) = h2_client(&proxy, &pki).await;
     let mut ws = h2_ws(&mut h2, port, "/ws?u=k").await;
     ws.next().await.unwrap().unwrap(); // the greeting
-    // Quiet for a few idle timeouts: what is being tested is the passing of time.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Quiet for more than two idle timeouts: the passing of time is what is tested.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let req = Request::get(format!("https://chat.example.com:{port}/info"))
         .body(Empty::<Bytes>::new())
         .unwrap();
-    assert!(
-        h2.send_request(req).await.is_err(),
-        "an idle connection took a new request"
-    );
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
     ws.send(Message::text("still here")).await.unwrap();
     match ws.next().await.unwrap().unwrap() {
         Message::Text(t) => assert_eq!(t.as_str(), "still here"),
         other => panic!("{other:?}"),
     }
+    // Once the WebSocket is gone the connection is idle: GOAWAY, and it ends.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("an idle HTTP/2 connection was kept open")
+        .unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_2xx_to_an_http2_clients_upgrade_is_a_502() {
+    // To an HTTP/2 client, 200 means "the tunnel is open" (RFC 8441 §5): a backend
+    // that answers the upgrade with a page must not look like one.
+    let page = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_addr = page.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = page.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                let _ = closes(&mut s).await;
+            });
+        }
+    });
+    let (pki, proxy, _nodes) = tls_proxy(
+        None,
+        &format!(
+            "\n[[route]]\npath = \"/page\"\nupstream = \"page\"\n\
+             [upstream.page]\nbackends = [\"{page_addr}\"]\n"
+        ),
+    )
+    .await;
+    let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
+    let req = Request::connect(format!("https://chat.example.com:{port}/page"))
+        .header("sec-websocket-version", "13")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 502);
     proxy.stop().await;
 }
 
@@ -732,7 +778,7 @@ async fn stalled_http2_websockets_hold_back_only_themselves() {
         ),
     )
     .await;
-    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
     let mut healthy = h2_ws(&mut h2, port, "/ws?u=k").await;
     healthy.next().await.unwrap().unwrap(); // the greeting
     // Three stalled streams, each filled until tether stops taking its bytes: the
@@ -798,7 +844,7 @@ async fn an_http2_client_that_only_pings_is_closed() {
 async fn many_cookie_fields_over_http2_count_as_one() {
     // Browsers send each cookie as its own HTTP/2 field (RFC 9113 §8.2.3).
     let (pki, proxy, _nodes) = tls_proxy(None, "").await;
-    let (mut h2, port) = h2_client(&proxy, &pki).await;
+    let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
     let mut req = Request::get(format!("https://chat.example.com:{port}/info"));
     for i in 0..120 {
         req = req.header("cookie", format!("c{i}=v"));
@@ -808,5 +854,30 @@ async fn many_cookie_fields_over_http2_count_as_one() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn pings_after_a_request_do_not_keep_an_http2_connection() {
+    let (pki, proxy, _nodes) = tls_proxy(Some("300ms"), "").await;
+    let stream = h2_tls(&proxy, &pki).await;
+    // hyper's client PINGs every 100 ms even with nothing in flight.
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(std::time::Duration::from_millis(100))
+        .keep_alive_while_idle(true);
+    let (mut h2, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let port = proxy.addr.port();
+    let req = Request::get(format!("https://chat.example.com:{port}/info"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+    tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("PINGs kept an idle HTTP/2 connection open")
+        .unwrap()
+        .ok();
     proxy.stop().await;
 }

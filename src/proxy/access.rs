@@ -2,9 +2,12 @@
 //! request, written when its response body has been sent, so `duration_ms` and
 //! `bytes_down` cover the whole response, as nginx's `$request_time` and
 //! `$body_bytes_sent` do. A client that leaves mid-body gets `aborted=true`; one that
-//! leaves before the response head gets status 499, as in nginx. Never the path or
-//! the query (they may hold the principal): the route label and the principal's
-//! fingerprint.
+//! leaves before the response head gets status 499, as in nginx (499s are not in
+//! `tether_http_requests_total`, which counts answers). Never the path or the query
+//! (they may hold the principal): the route label and the principal's fingerprint.
+//! Answers hyper gives before a request reaches tether — 400 for a malformed request,
+//! 431 for oversized HTTP/1.1 headers, a connection closed at the header timeout —
+//! have no event.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::Body;
+use crate::listener::Open;
 use crate::principal::Fingerprint;
 
 /// What the access log and the request metrics learn about a request as it goes.
@@ -75,6 +79,7 @@ impl Pending {
             sent: 0,
             complete: false,
             record,
+            _open: None,
         }
     }
 }
@@ -102,6 +107,16 @@ pub struct Logged {
     sent: u64,
     complete: bool,
     record: Option<Box<Record>>,
+    /// On HTTP/2, the stream this body is sent on, open until the body is done.
+    _open: Option<Open>,
+}
+
+impl Logged {
+    /// Keeps `open` (an HTTP/2 stream's count) until the body has been sent.
+    pub(crate) fn holding(mut self, open: Option<Open>) -> Logged {
+        self._open = open;
+        self
+    }
 }
 
 impl HttpBody for Logged {

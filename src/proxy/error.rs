@@ -41,7 +41,7 @@ pub enum ProxyError {
     },
     #[error("backend `{backend}` did not answer in time")]
     Timeout { backend: Arc<str> },
-    #[error("backend `{backend}` answered 101 {why}")]
+    #[error("backend `{backend}` answered the upgrade {why}")]
     BadUpgrade {
         backend: Arc<str>,
         why: &'static str,

@@ -32,6 +32,8 @@ impl Proxy {
             let Some(b) = candidates.next() else {
                 return Err(exhausted(last, upstream));
             };
+            // The node this request waits on, should the client give up (499).
+            access.backend = Some(b.id.clone());
             let failed = |e: Box<dyn std::error::Error + Send + Sync>| ProxyError::Upstream {
                 backend: b.id.clone(),
                 source: e,
@@ -67,7 +69,6 @@ impl Proxy {
                 }
             }
         };
-        access.backend = Some(backend.id.clone());
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
         relay(resp, &backend.id)
     }

@@ -34,7 +34,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+    CONTENT_LENGTH, COOKIE, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY,
+    TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::time::Instant;
@@ -47,6 +48,7 @@ use error::{ProxyError, chain};
 use headers::{
     Forwarding, client_ip, is_trusted, join_cookies, only_chunked, set_forwarding, strip_hop_by_hop,
 };
+use websocket::Asked;
 
 use crate::metrics::{BackendLabels, RequestLabels};
 use crate::principal::{self, Fallback, Principal};
@@ -75,6 +77,9 @@ pub struct ConnInfo {
     pub hsts: Option<HeaderValue>,
     /// Plain listener set to redirect: the https port to send clients to.
     pub redirect_https: Option<u16>,
+    /// On HTTP/2: the connection's open streams, which a WebSocket tunnel joins for its
+    /// life (the idle timeout must not see a connection carrying one as idle).
+    pub(crate) streams: Option<Arc<crate::listener::Activity>>,
 }
 
 /// The request handler shared by every connection.
@@ -148,6 +153,21 @@ impl Proxy {
         if !only_chunked(req.headers()) {
             return Err(ProxyError::TransferCoding);
         }
+        // hyper's HTTP/1 parser stops at 100 fields; HTTP/2 has only a byte limit. As
+        // the client sent them, with an HTTP/2 request's cookies as one field (browsers
+        // send each cookie as its own; they are joined for the backend below).
+        if req.version() == Version::HTTP_2
+            && req.headers().len()
+                - req
+                    .headers()
+                    .get_all(COOKIE)
+                    .iter()
+                    .count()
+                    .saturating_sub(1)
+                > MAX_HEADERS
+        {
+            return Err(ProxyError::TooManyHeaders);
+        }
         let host = request_host(&mut req)?;
         let host_str = match &host {
             Some(h) => Some(h.to_str().map_err(|_| ProxyError::InvalidHost)?),
@@ -197,16 +217,16 @@ impl Proxy {
         if req.version() == Version::HTTP_2 {
             // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
             join_cookies(req.headers_mut());
-            // hyper's HTTP/1 parser stops at 100 fields; HTTP/2 has only a byte limit.
-            // Counted after the join: browsers send each cookie as its own field.
-            if req.headers().len() > MAX_HEADERS {
-                return Err(ProxyError::TooManyHeaders);
-            }
         }
 
         match websocket {
             Some(flavor) => {
-                self.upgrade(req, flavor, upstream, route, principal, access)
+                // On HTTP/2 the tunnel keeps its stream counted open for the idle timeout.
+                let asked = Asked {
+                    flavor,
+                    stream: conn.streams.as_ref().map(crate::listener::Open::new),
+                };
+                self.upgrade(req, asked, upstream, route, principal, access)
                     .await
             }
             None => self.http(req, upstream, principal, access).await,

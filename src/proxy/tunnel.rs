@@ -28,7 +28,7 @@ use crate::registry::{CloseReason, Registration};
 use crate::shutdown::Shutdown;
 
 /// What a tunnel logs its close with.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TunnelInfo {
     pub route: Arc<str>,
     pub backend: Arc<str>,
@@ -37,6 +37,9 @@ pub struct TunnelInfo {
     pub bytes_up: Counter,
     pub bytes_down: Counter,
     pub closes: Family<ReasonLabels, Counter>,
+    /// On HTTP/2, the client connection's count of open streams, held for the
+    /// tunnel's life.
+    pub _stream: Option<crate::listener::Open>,
 }
 
 /// How long a closing tunnel waits for its peers to close after its Close frames.

@@ -39,6 +39,7 @@ use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
 use super::{Access, Body, Proxy, exhausted, relay, same_head};
 use crate::config::human;
+use crate::listener::Open;
 use crate::metrics::UpgradeLabels;
 use crate::principal::Principal;
 use crate::registry::Registration;
@@ -63,6 +64,13 @@ impl Flavor {
             Flavor::Http2 => "h2",
         }
     }
+}
+
+/// A WebSocket request: its flavour and, on HTTP/2, the connection's stream count it
+/// joins for the tunnel's life.
+pub(crate) struct Asked {
+    pub flavor: Flavor,
+    pub stream: Option<Open>,
 }
 
 /// The WebSocket flavour of `req`, if it asks for one.
@@ -102,15 +110,16 @@ impl Proxy {
     pub(super) async fn upgrade(
         &self,
         req: Request<Incoming>,
-        flavor: Flavor,
+        asked: Asked,
         upstream: &Upstream,
         route: &Route,
         principal: Principal,
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let started = Instant::now();
+        let flavor = asked.flavor;
         let result = self
-            .open(req, flavor, upstream, route, principal, access)
+            .open(req, asked, upstream, route, principal, access)
             .await;
         let outcome = match &result {
             Ok(r)
@@ -136,7 +145,7 @@ impl Proxy {
     async fn open(
         &self,
         mut req: Request<Incoming>,
-        flavor: Flavor,
+        Asked { flavor, stream }: Asked,
         upstream: &Upstream,
         route: &Route,
         principal: Principal,
@@ -171,6 +180,7 @@ impl Proxy {
             let Some(b) = candidates.next() else {
                 return Err(exhausted(last, upstream));
             };
+            access.backend = Some(b.id.clone());
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -200,7 +210,6 @@ impl Proxy {
                 }
             }
         };
-        access.backend = Some(backend.id.clone());
         let metrics = &self.live.metrics;
         let info = TunnelInfo {
             route: route.label.clone(),
@@ -209,6 +218,7 @@ impl Proxy {
             bytes_up: metrics.bytes_up(),
             bytes_down: metrics.bytes_down(),
             closes: metrics.tunnels_closed.clone(),
+            _stream: stream,
         };
         let register = || {
             registry.register(
@@ -250,15 +260,19 @@ fn finish(
     register: impl FnOnce() -> Registration,
     tasks: &Shutdown,
 ) -> Result<Response<Body>, ProxyError> {
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return relay(resp, &info.backend);
-    }
     let bad = |why| ProxyError::BadUpgrade {
         backend: info.backend.clone(),
         why,
     };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // To an HTTP/2 client any 2xx means the tunnel is open (RFC 8441 §5).
+        if key.is_some() && resp.status().is_success() {
+            return Err(bad("with a 2xx, not 101"));
+        }
+        return relay(resp, &info.backend);
+    }
     if !upgrade_is_websocket(resp.headers()) {
-        return Err(bad("without `Upgrade: websocket`"));
+        return Err(bad("with 101 but without `Upgrade: websocket`"));
     }
     if let Some(key) = &key {
         let expected = derive_accept_key(key.as_bytes());
@@ -267,7 +281,7 @@ fn finish(
             .get(SEC_WEBSOCKET_ACCEPT)
             .is_none_or(|v| v.as_bytes() != expected.as_bytes())
         {
-            return Err(bad("with a wrong `Sec-WebSocket-Accept`"));
+            return Err(bad("with 101 but a wrong `Sec-WebSocket-Accept`"));
         }
     }
     let backend = hyper::upgrade::on(&mut resp);
