@@ -540,51 +540,6 @@ fn certificate_problems_are_config_errors_that_name_the_file() {
     }
 }
 
-#[tokio::test]
-async fn a_backend_with_a_wrong_accept_key_is_refused_for_http2_clients() {
-    // A "backend" that answers every upgrade with 101 and a made-up accept key.
-    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let liar_addr = liar.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = liar.accept().await {
-            tokio::spawn(async move {
-                let _ = read_head(&mut s).await;
-                let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
-                              Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n";
-                let _ = s.write_all(answer.as_bytes()).await;
-                let _ = closes(&mut s).await;
-            });
-        }
-    });
-    let pki = Pki::new();
-    let leaf = pki.leaf("default", &["chat.example.com"]);
-    let text = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\n{}\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
-         [upstream.app]\nbackends = [\"{liar_addr}\"]\n",
-        cert_keys(&leaf)
-    );
-    let proxy = Proxy::start(&text).await;
-    let stream = h2_tls(&proxy, &pki).await;
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = Request::connect(format!("https://chat.example.com:{}/ws", proxy.addr.port()))
-        .header("sec-websocket-version", "13")
-        .extension(Protocol::from_static("websocket"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 502);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        String::from_utf8_lossy(&body).contains("Sec-WebSocket-Accept"),
-        "{body:?}"
-    );
-    proxy.stop().await;
-}
-
 /// A TLS connection to `proxy` that negotiated `h2`, for `chat.example.com`.
 async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
     let stream = tls(
@@ -695,39 +650,60 @@ async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn a_2xx_to_an_http2_clients_upgrade_is_a_502() {
-    // To an HTTP/2 client, 200 means "the tunnel is open" (RFC 8441 §5): a backend
-    // that answers the upgrade with a page must not look like one.
-    let page = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let page_addr = page.local_addr().unwrap();
+/// A backend that answers every request head with `answer` and then waits for the
+/// peer to close.
+async fn answering(answer: &'static [u8]) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = page.accept().await {
+        while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let _ = read_head(&mut s).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
+                let _ = s.write_all(answer).await;
                 let _ = closes(&mut s).await;
             });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn http2_upgrades_a_backend_did_not_really_accept_are_502s() {
+    // tether makes the key for an HTTP/2 client, so it checks the accept key; and to an
+    // HTTP/2 client any 2xx means "the tunnel is open" (RFC 8441 §5), so a backend
+    // answering the upgrade with a page must not look like one.
+    let liar = answering(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+    )
+    .await;
+    let page = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let (pki, proxy, _nodes) = tls_proxy(
         None,
         &format!(
-            "\n[[route]]\npath = \"/page\"\nupstream = \"page\"\n\
-             [upstream.page]\nbackends = [\"{page_addr}\"]\n"
+            "\n[[route]]\npath = \"/liar\"\nupstream = \"liar\"\n[upstream.liar]\nbackends = [\"{liar}\"]\n\
+             [[route]]\npath = \"/page\"\nupstream = \"page\"\n[upstream.page]\nbackends = [\"{page}\"]\n"
         ),
     )
     .await;
     let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
-    let req = Request::connect(format!("https://chat.example.com:{port}/page"))
-        .header("sec-websocket-version", "13")
-        .extension(Protocol::from_static("websocket"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 502);
+    for (path, why) in [
+        ("/liar", "Sec-WebSocket-Accept"),
+        ("/page", "a 2xx, not 101"),
+    ] {
+        let req = Request::connect(format!("https://chat.example.com:{port}{path}"))
+            .header("sec-websocket-version", "13")
+            .extension(Protocol::from_static("websocket"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 502, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains(why),
+            "{path}: {body:?}"
+        );
+    }
     proxy.stop().await;
 }
 
