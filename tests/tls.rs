@@ -221,6 +221,18 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
         body.starts_with(b"tether: "),
         "not tether's answer: {body:?}"
     );
+    // The same answer to HEAD has no content: hyper would send it over HTTP/2.
+    let mut req = Request::head(format!("https://chat.example.com:{port}/info"));
+    for i in 0..150 {
+        req = req.header(format!("x-field-{i}"), "v");
+    }
+    let resp = h2
+        .send_request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "a HEAD answer with content: {body:?}");
 
     // Several WebSockets on the same connection, each placed by its own principal.
     let mut sockets = Vec::new();

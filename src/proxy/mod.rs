@@ -96,6 +96,7 @@ impl Proxy {
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
+        let head = req.method() == Method::HEAD;
         let mut pending = Pending::new(req.method(), content_length(req.headers()), Instant::now());
         let access = &mut pending.access;
         let mut resp = match self.forward(req, conn, access).await {
@@ -120,6 +121,11 @@ impl Proxy {
             resp.headers_mut()
                 .entry(STRICT_TRANSPORT_SECURITY)
                 .or_insert_with(|| hsts.clone());
+        }
+        // A HEAD answer has no content (RFC 9110 §9.3.2). hyper drops it over HTTP/1.1
+        // but sends it over HTTP/2; a backend's is empty already, tether's own is not.
+        if head && matches!(resp.body(), Either::Right(_)) {
+            *resp.body_mut() = Either::Right(Full::new(Bytes::new()));
         }
         let status = resp.status();
         self.count(access, status);
