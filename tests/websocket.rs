@@ -1,18 +1,21 @@
 //! WebSocket tunnels: large and many messages echo intact and in order, control frames
 //! pass, bytes pipelined behind the handshake are not lost, a refused upgrade is an
 //! ordinary response, closes and half-closes from either side end the tunnel (a
-//! completed closing handshake at the first end of stream), and the
+//! completed closing handshake at the first end of stream), a client's reset reaches
+//! the backend as a bare end of stream, an upgrade's body is not announced, and the
 //! idle timeout closes quiet tunnels but not ones with a heartbeat.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn next_message(s: &mut Ws) -> Message {
@@ -190,5 +193,90 @@ async fn an_idle_tunnel_is_closed_but_a_heartbeat_keeps_one_open() {
     assert!(closes(&mut quiet).await, "the quiet tunnel was not closed");
     send_text(&mut beating, "still here").await;
     assert_eq!(next_text(&mut beating).await, "still here");
+    proxy.stop().await;
+}
+
+/// A backend that answers every upgrade with a bare 101 and then reports the request
+/// head and every byte that followed it, once its peer has finished (or reset).
+async fn recording_backend() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                };
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    )
+                    .await;
+                let mut rest = got.split_off(end);
+                let _ = s.read_to_end(&mut rest).await;
+                let _ = tx.send((String::from_utf8_lossy(&got).into_owned(), rest));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn one_backend(addr: SocketAddr) -> String {
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{addr}\"]\n"
+    )
+}
+
+/// A client whose connection is reset did not say goodbye: the backend sees its end of
+/// stream and no Close frame, as it would without tether (and as behind nginx), so the
+/// app does not take a lost client for one that left on purpose (1001).
+#[tokio::test]
+async fn a_client_reset_reaches_the_backend_as_a_bare_end_of_stream() {
+    let (backend, mut recorded) = recording_backend().await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let (s, head) = raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    eventually(|| async { (proxy.live.registry.len() == 1).then_some(()) }).await;
+    s.set_zero_linger().unwrap();
+    drop(s);
+    let (_, after) = tokio::time::timeout(PATIENCE, recorded.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.is_empty(), "the backend was sent {after:?}");
+    proxy.stop().await;
+}
+
+/// A handshake with a body: the body is not forwarded, and neither is its length, so
+/// the backend reads the WebSocket bytes that follow as WebSocket bytes.
+#[tokio::test]
+async fn an_upgrade_body_is_neither_forwarded_nor_announced() {
+    let (backend, mut recorded) = recording_backend().await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let request = upgrade_request("/ws").replace("\r\n\r\n", "\r\nContent-Length: 5\r\n\r\nHELLO");
+    let frame = client_frame(1, b"hi");
+    let (mut s, head) = raw_head(proxy.addr, &[request.as_bytes(), &frame].concat()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.shutdown().await.unwrap();
+    let (head, after) = tokio::time::timeout(PATIENCE, recorded.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert_eq!(after, frame);
     proxy.stop().await;
 }

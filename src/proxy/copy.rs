@@ -13,7 +13,8 @@
 //! tracks WebSocket frame boundaries ([`FrameTracker`]), so tether only ever adds a
 //! Close frame between frames. When the backend's stream ends without a Close frame
 //! (a crashed node), the client is sent Close 1012 before the end of stream, so it
-//! reconnects at once and knows why.
+//! reconnects at once and knows why — unless the client had already sent its own Close,
+//! as it then is leaving anyway. tether never adds a Close frame after a side's own.
 
 use std::cell::RefCell;
 use std::io;
@@ -65,6 +66,11 @@ struct Flow {
     unflushed: bool,
     /// The source has finished sending.
     eof: bool,
+    /// If the source ends between frames without having sent a Close frame, send the
+    /// destination Close 1012 before end of stream. Only towards the client, and only
+    /// while the client has not started closing itself (then its closing handshake
+    /// just ends without the backend's reply, as it would without tether).
+    vanish_notice: bool,
     /// EOF has been passed on as a shutdown of the destination's write half.
     done: bool,
     bytes: u64,
@@ -83,6 +89,7 @@ impl Flow {
             pos: 0,
             unflushed: false,
             eof: false,
+            vanish_notice: from == Side::Backend,
             done: false,
             bytes: prefix.len() as u64,
             meter: Counter::default(),
@@ -100,6 +107,13 @@ impl Flow {
     /// Nothing buffered and the stream sits between frames: a Close frame can go now.
     fn between_frames(&self) -> bool {
         self.pos >= self.pending.len() && self.frames.at_boundary()
+    }
+
+    /// tether may add a Close frame to this direction now: between frames, the
+    /// destination not yet told end of stream, and no Close already sent by the source
+    /// (after a Close, RFC 6455 §5.5.1 allows no more frames).
+    fn may_close(&self) -> bool {
+        self.between_frames() && !self.done && !self.frames.saw_close()
     }
 
     /// Everything read has been written and flushed, up to a frame boundary, and no
@@ -178,8 +192,9 @@ where
         if self.up.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Client);
         }
-        if self.up.frames.saw_close() && self.first_close.is_none() {
-            self.first_close = Some(Side::Client);
+        if self.up.frames.saw_close() {
+            self.first_close.get_or_insert(Side::Client);
+            self.down.vanish_notice = false;
         }
         let down = flow(
             cx,
@@ -195,8 +210,8 @@ where
         if self.down.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Backend);
         }
-        if self.down.frames.saw_close() && self.first_close.is_none() {
-            self.first_close = Some(Side::Backend);
+        if self.down.frames.saw_close() {
+            self.first_close.get_or_insert(Side::Backend);
         }
         let finished = up.is_ready() && down.is_ready();
         let closed = self.closing_done()
@@ -240,14 +255,13 @@ where
             // Buffered bytes first, so the Close frame lands after complete frames.
             let _ = flush_pending(&mut self.backend, &mut self.up).await;
             let _ = flush_pending(&mut self.client, &mut self.down).await;
-            if let Some(code) = to_client.filter(|_| self.down.between_frames() && !self.down.done)
-            {
+            if let Some(code) = to_client.filter(|_| self.down.may_close()) {
                 let _ = self
                     .client
                     .write_all(&close_frame(code, reason(code), None))
                     .await;
             }
-            if let Some(code) = to_backend.filter(|_| self.up.between_frames() && !self.up.done) {
+            if let Some(code) = to_backend.filter(|_| self.up.may_close()) {
                 let mask = (crate::upstream::health::now_ms() as u32 | 1).to_be_bytes();
                 let _ = self
                     .backend
@@ -363,7 +377,7 @@ where
         let n = rb.filled().len();
         if n == 0 {
             f.eof = true;
-            if f.from == Side::Backend && f.frames.at_boundary() && !f.frames.saw_close() {
+            if f.vanish_notice && f.frames.at_boundary() && !f.frames.saw_close() {
                 // The backend vanished without closing the WebSocket: tell the client.
                 f.pending = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None)
                     .into_boxed_slice();
@@ -564,5 +578,59 @@ mod tests {
             to_backend.is_empty(),
             "a Close frame was injected mid-frame: {to_backend:?}"
         );
+    }
+
+    /// A side that has sent its Close gets nothing more from tether: not the Close a
+    /// tether-initiated close would add (idle, shutdown, backend down).
+    #[tokio::test]
+    async fn close_adds_nothing_after_a_sides_own_close() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let from_backend = close_frame(1000, "srv", None);
+        let from_client = close_frame(1000, "cli", Some([1, 2, 3, 4]));
+        backend_peer.write_all(&from_backend).await.unwrap();
+        client_peer.write_all(&from_client).await.unwrap();
+        let mut a = vec![0u8; from_backend.len()];
+        let mut b = vec![0u8; from_client.len()];
+        tokio::select! {
+            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
+            r = async { tokio::try_join!(client_peer.read_exact(&mut a), backend_peer.read_exact(&mut b)) } => {
+                r.unwrap();
+            }
+        }
+        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
+        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
+            .await;
+        let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        assert_eq!(
+            (to_client, to_backend),
+            (Vec::new(), Vec::new()),
+            "frames after a Close"
+        );
+    }
+
+    /// A client that has started the closing handshake is not told "service restart"
+    /// when the backend drops the connection instead of answering: it sees the end of
+    /// stream, as it would without tether.
+    #[tokio::test]
+    async fn a_closing_client_gets_no_1012_when_the_backend_vanishes() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let task =
+            tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
+        let close = close_frame(1000, "", Some([1, 2, 3, 4]));
+        client_peer.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        backend_peer.read_exact(&mut got).await.unwrap();
+        drop(backend_peer);
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        assert!(to_client.is_empty(), "{to_client:?}");
+        drop(client_peer);
+        let _ = task.await.unwrap();
     }
 }

@@ -69,9 +69,12 @@ impl Closed {
                 side: Side::Backend,
                 ..
             }) => (Some(1012), None),
+            // A client that failed (reset, broken TLS) is passed on as what it is, an
+            // end of stream without a Close: a Close 1001 would tell the app the user
+            // left on purpose (what a browser sends on navigating away).
             Closed::Failed(Failed {
                 side: Side::Client, ..
-            }) => (None, Some(1001)),
+            }) => (None, None),
         }
     }
 }

@@ -22,7 +22,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use hyper::header::{
-    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::upgrade::OnUpgrade;
@@ -153,7 +153,10 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         debug!(?flavor, principal = %principal.fingerprint(), "WebSocket requested");
         let client = hyper::upgrade::on(&mut req);
+        // A handshake has no body (RFC 6455 §4.1): none is forwarded, so none may be
+        // announced either, or the backend would take the first WebSocket bytes for it.
         let (mut parts, _) = req.into_parts();
+        parts.headers.remove(CONTENT_LENGTH);
         parts.method = Method::GET;
         parts.version = Version::HTTP_11;
         if let Some(pq) = parts.uri.path_and_query() {
