@@ -4,7 +4,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e:#}");
+            let _ = writeln!(std::io::stderr(), "{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -100,9 +100,13 @@ fn main() -> ExitCode {
 /// `info`). Access events are at info level on target `tether::access`.
 fn logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log line that cannot be written (stderr's reader went away) is dropped. With
+    // internal errors on, tracing-subscriber reports it with `eprintln!`, which panics
+    // on the same broken pipe and takes down the task that logged: every request.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         fmt.json().flatten_event(true).init();
     } else {

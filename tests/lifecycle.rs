@@ -329,6 +329,27 @@ async fn sigterm_closes_tunnels_with_1001_finishes_requests_and_exits_0() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// Logs go to stderr. When whatever reads them goes away (a log shipper restarting,
+/// `| head`), tether loses log lines, not traffic, and still exits 0.
+#[tokio::test]
+async fn a_closed_log_pipe_loses_log_lines_not_traffic() {
+    let nodes = nodes(&["a"]).await;
+    let (_dir, path) = write_config(&cfg(&[&nodes[0]], ""));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    bin.close_output();
+    // Each request writes an access log line; the first ones close the pipe.
+    for i in 0..20 {
+        assert_eq!(http_node(addr, &format!("/info?u={i}"), &[]).await, "a");
+    }
+    let (mut s, _) = ws(addr, "/ws?u=x", &[]).await;
+    send_text(&mut s, "still proxying").await;
+    assert_eq!(next_text(&mut s).await, "still proxying");
+    bin.signal("TERM");
+    let exit = bin.wait_exit();
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// `workers = 1` runs tether on a current-thread runtime (what the benchmark pins to one
 /// core): it must serve, reload and drain exactly like the multi-threaded one.
 #[tokio::test]

@@ -367,7 +367,9 @@ impl Binary {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
+                    if tx.send(line).is_err() {
+                        break; // closing the pipe: see `close_output`
+                    }
                 }
             });
         }
@@ -465,6 +467,12 @@ impl Binary {
             self.claimed.push(false);
         }
         self.seen.join("\n")
+    }
+
+    /// Stops reading tether's stdout and stderr: each pipe closes after its next line,
+    /// so every later write meets a broken pipe.
+    pub fn close_output(&mut self) {
+        self.lines = std::sync::mpsc::channel().1;
     }
 
     pub fn signal(&self, signal: &str) {
