@@ -379,8 +379,11 @@ where
             f.eof = true;
             if f.vanish_notice && f.frames.at_boundary() && !f.frames.saw_close() {
                 // The backend vanished without closing the WebSocket: tell the client.
-                f.pending = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None)
-                    .into_boxed_slice();
+                // The Close is the backend's closing, said for it: tracked as its frame,
+                // so the client's reply does not make the client the one who closed.
+                let close = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None);
+                f.frames.feed(&close);
+                f.pending = close.into_boxed_slice();
                 f.pos = 0;
             }
             return Poll::Ready(Ok(()));
@@ -506,24 +509,32 @@ mod tests {
         assert!(pump.down.pending.is_empty());
     }
 
+    /// ... and the backend is the side that ended it, though the client answers the
+    /// Close (what `tether_tunnels_closed{reason}` and the access log report).
     #[tokio::test]
     async fn a_backend_that_vanishes_between_frames_leaves_a_1012() {
         let (client, mut client_peer) = duplex(1024);
         let (backend, mut backend_peer) = duplex(1024);
         let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
-        let task =
-            tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
+        let task = tokio::spawn(async move {
+            let _ = poll_fn(|cx| pump.poll(cx)).await;
+            pump.closed_by()
+        });
         backend_peer
             .write_all(&[0x81, 2, b'h', b'i'])
             .await
             .unwrap();
-        drop(backend_peer);
+        // The end of stream of a crashed process; its socket still takes writes until
+        // the reset comes back.
+        backend_peer.shutdown().await.unwrap();
         let mut got = Vec::new();
         client_peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(&got[..4], &[0x81, 2, b'h', b'i']);
         assert_eq!(&got[4..8], &[0x88, (got.len() - 6) as u8, 0x03, 0xf4]);
+        let reply = close_frame(1012, "", Some([1, 2, 3, 4]));
+        let _ = client_peer.write_all(&reply).await;
         drop(client_peer);
-        let _ = task.await.unwrap();
+        assert_eq!(task.await.unwrap(), Some(Side::Backend));
     }
 
     #[tokio::test]
