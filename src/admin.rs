@@ -223,7 +223,9 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     };
-    let (Some(upstream), Some(key)) = (param("upstream"), param("key")) else {
+    // The key is decoded exactly as a `query:` principal source decodes it.
+    let key = crate::principal::query_value(query, "key");
+    let (Some(upstream), Some(key)) = (param("upstream"), key) else {
         return (
             StatusCode::BAD_REQUEST,
             json!({ "error": "use /api/owner?upstream=NAME&key=KEY" }),
@@ -236,7 +238,7 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
             json!({ "error": format!("no upstream `{upstream}`"), "upstreams": known }),
         );
     };
-    let principal = Principal::from_bytes(key.as_bytes());
+    let principal = Principal::from_bytes(&key);
     let describe = |b: &crate::upstream::Backend| json!({ "id": &*b.id, "addr": b.addr.to_string(), "state": if b.health.is_up() { "up" } else { "down" } });
     let now = u
         .candidates(principal.key(), &live.registry)

@@ -7,7 +7,7 @@
 //! hash) travels on, and logs use its [`Principal::fingerprint`].
 //!
 //! Decoding, so that the same user id gives the same key from every source:
-//! `query:` values are decoded as `application/x-www-form-urlencoded` (`%XX` and
+//! `query:` values are decoded as `application/x-www-form-urlencoded` to bytes (`%XX` and
 //! `+` → space), `path:` segments are percent-decoded (`+` stays `+`), cookies and
 //! headers are taken as sent, with surrounding spaces trimmed.
 
@@ -121,12 +121,26 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, [u8]>
 }
 
 fn query<'a>(uri: &'a Uri, name: &str) -> Option<Cow<'a, [u8]>> {
-    form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, v)| k == name && !v.is_empty())
-        .map(|(_, v)| match v {
-            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-        })
+    query_value(uri.query()?, name)
+}
+
+/// The first non-empty value of `name` in `query`, decoded as
+/// `application/x-www-form-urlencoded` to bytes: `+` is a space, `%XX` the byte XX. The
+/// bytes are kept as they are, UTF-8 or not (a lossy decode would give `%FF` and `%FE`
+/// one key, and another than the same id in a `path:` segment).
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (!v.is_empty() && *form_decode(k) == *name.as_bytes()).then(|| form_decode(v))
+    })
+}
+
+fn form_decode(s: &str) -> Cow<'_, [u8]> {
+    if s.contains('+') {
+        Cow::Owned(percent_encoding::percent_decode(s.replace('+', " ").as_bytes()).collect())
+    } else {
+        percent_encoding::percent_decode_str(s).into()
+    }
 }
 
 /// Segments are counted from the first after the leading `/`; empty ones count too,
@@ -247,6 +261,19 @@ mod tests {
         assert_eq!(get(&["path:9"], "/a/b", &[]), None);
         assert_eq!(get(&["path:1"], "//a", &[]), None);
         assert_eq!(get(&["query:u"], "/?u", &[]), None);
+        assert_eq!(get(&["query:u"], "/?u=&u=2", &[]), p("2"));
+        // Bytes that are not UTF-8 are kept, as in a path segment: distinct ids stay
+        // distinct and meet their `path:` twin.
+        let raw = |path| extract(&sources(&["query:u", "path:1"]), &path, &HeaderMap::new());
+        assert_eq!(
+            raw("/%FF?u=%FF".parse().unwrap()),
+            Some(Principal::from_bytes(b"\xff"))
+        );
+        assert_eq!(
+            raw("/x?u=%FE".parse().unwrap()),
+            Some(Principal::from_bytes(b"\xfe"))
+        );
+        assert_eq!(get(&["query:u x"], "/?u+x=a+b%2B", &[]), p("a b+"));
         // Invalid percent-encoding is kept literally rather than rejected.
         assert_eq!(get(&["path:1"], "/%zz", &[]), p("%zz"));
         // Non-UTF-8 bytes in a header are still a value.
