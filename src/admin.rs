@@ -244,6 +244,10 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
         .candidates(principal.key(), &live.registry)
         .next()
         .map(describe);
+    let request_to = u
+        .request_candidates(principal.key(), &live.registry)
+        .next()
+        .map(describe);
     let all_up = u.owner(principal.key()).map(describe);
     let order = order(u, principal);
     (
@@ -252,6 +256,7 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
             "upstream": &*u.name,
             "principal": principal.fingerprint().to_string(),
             "owner": now,
+            "request_to": request_to,
             "owner_when_all_up": all_up,
             "order": order,
         }),

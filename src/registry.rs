@@ -9,7 +9,9 @@
 //!   touches only B's tunnels;
 //! - "which tunnels sit on a backend that no longer owns their principal": the
 //!   rebalancer walks [`Registry::entries`];
-//! - bounded load reads [`Registry::load`] and [`Registry::total`] per upstream.
+//! - bounded load reads [`Registry::load`] and [`Registry::total`] per upstream;
+//! - "where are this principal's tunnels" (a plain request for the principal goes
+//!   there, so a push reaches the socket): [`Registry::holders`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -196,6 +198,8 @@ struct Inner {
     load: HashMap<(Arc<str>, BackendKey), usize>,
     /// Live tunnels per upstream.
     totals: HashMap<Arc<str>, usize>,
+    /// Tunnels by principal key: (registration id, backend), to find the entry.
+    by_key: HashMap<u64, Vec<(u64, BackendKey)>>,
 }
 
 /// Keeps a tunnel registered; dropping it deregisters.
@@ -205,6 +209,7 @@ pub struct Registration {
     id: u64,
     upstream: Arc<str>,
     backend: BackendKey,
+    key: u64,
     pub ctl: Arc<TunnelCtl>,
 }
 
@@ -215,6 +220,12 @@ impl Drop for Registration {
             m.remove(&self.id);
             if m.is_empty() {
                 inner.by_backend.remove(&self.backend);
+            }
+        }
+        if let Some(v) = inner.by_key.get_mut(&self.key) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                inner.by_key.remove(&self.key);
             }
         }
         let load_key = (self.upstream.clone(), self.backend.clone());
@@ -267,12 +278,18 @@ impl Registry {
             .entry((upstream.clone(), backend.clone()))
             .or_default() += 1;
         *inner.totals.entry(upstream.clone()).or_default() += 1;
+        inner
+            .by_key
+            .entry(key)
+            .or_default()
+            .push((id, backend.clone()));
         drop(inner);
         Registration {
             registry: self.clone(),
             id,
             upstream,
             backend,
+            key,
             ctl,
         }
     }
@@ -315,6 +332,26 @@ impl Registry {
             .by_backend
             .values()
             .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    /// The backends holding a live tunnel of `upstream` for principal `key` (usually
+    /// none or one).
+    pub fn holders(&self, upstream: &str, key: u64) -> Vec<BackendKey> {
+        let inner = self.lock();
+        let Some(tunnels) = inner.by_key.get(&key) else {
+            return Vec::new();
+        };
+        tunnels
+            .iter()
+            .filter(|(id, b)| {
+                inner
+                    .by_backend
+                    .get(b)
+                    .and_then(|m| m.get(id))
+                    .is_some_and(|e| &*e.upstream == upstream)
+            })
+            .map(|(_, b)| b.clone())
             .collect()
     }
 

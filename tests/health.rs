@@ -392,12 +392,13 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
         .collect();
     let mut sockets = Vec::new();
     let mut load: HashMap<String, usize> = HashMap::new();
+    let mut placed = Vec::new();
     for (n, k) in keys.iter().enumerate() {
         let (s, greeting) = ws(proxy.addr, &format!("/ws?u={k}"), &[]).await;
         sockets.push(s);
-        *load
-            .entry(greeting["node"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        let node = greeting["node"].as_str().unwrap().to_owned();
+        placed.push((k, node.clone()));
+        *load.entry(node).or_default() += 1;
         let cap = (1.25 * (n + 1) as f64 / 3.0).ceil() as usize;
         for (node, l) in &load {
             assert!(
@@ -411,6 +412,58 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
         load["a"], 25,
         "the owner fills up to its cap first: {load:?}"
     );
+    // A plain request of a principal ("push to user X") goes where its socket is,
+    // also for the principals that overflowed to another node.
+    for (k, node) in &placed {
+        assert_eq!(
+            &http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
+            node,
+            "{k}"
+        );
+    }
+    proxy.stop().await;
+}
+
+/// A node returns while its principals' sockets sit on their next node and nothing
+/// moves them back (`rebalance = "off"`; with `drain` the same holds until the drain
+/// reaches them): a push for such a principal reaches its socket, one for a principal
+/// without a socket reaches the owner, and once the socket closes its pushes go to the
+/// owner again.
+#[tokio::test]
+async fn a_push_reaches_the_socket_while_it_sits_away_from_its_returned_owner() {
+    let live = nodes(&["a", "b"]).await;
+    let dead = dead_addr().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{}\", name = \"b\" }}, {{ addr = \"{dead}\", name = \"c\" }}]\n\
+         rebalance = \"off\"\n[upstream.app.health]\ninterval = \"100ms\"\n",
+        live[0].addr, live[1].addr
+    );
+    let proxy = Proxy::start(&toml).await;
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("k{i}"))
+        .filter(|k| order(&proxy, k)[0] == "c")
+        .take(2)
+        .collect();
+    let (with_socket, without) = (&keys[0], &keys[1]);
+    let next = next_after(&proxy, with_socket, "c");
+    let (mut s, greeting) = ws(proxy.addr, &format!("/ws?u={with_socket}"), &[]).await;
+    assert_eq!(greeting["node"], next.as_str());
+
+    let revived = tether::demo::Node::start_on("c", dead).await.unwrap();
+    eventually(|| async {
+        (http_node(proxy.addr, &format!("/info?u={without}"), &[]).await == "c").then_some(())
+    })
+    .await;
+    let push = format!("/info?u={with_socket}");
+    assert_eq!(http_node(proxy.addr, &push, &[]).await, next);
+    send_text(&mut s, "still here").await;
+    assert_eq!(next_text(&mut s).await, "still here");
+
+    s.close(None).await.unwrap();
+    eventually(|| async { proxy.live.registry.is_empty().then_some(()) }).await;
+    assert_eq!(http_node(proxy.addr, &push, &[]).await, "c");
+    revived.stop().await;
     proxy.stop().await;
 }
 

@@ -26,7 +26,7 @@ impl Proxy {
         let body = RetryBody::new(body);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
-        let mut candidates = upstream.candidates(principal.key(), &self.live.registry);
+        let mut candidates = upstream.request_candidates(principal.key(), &self.live.registry);
         let mut last = None;
         let (backend, resp) = loop {
             let Some(b) = candidates.next() else {

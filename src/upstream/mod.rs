@@ -7,6 +7,12 @@
 //! their cap. What was skipped is tried last (over-cap ones, then down ones): a
 //! health verdict can be wrong, and a request that might succeed beats a certain 502
 //! (Envoy's "panic mode", here at 0% healthy).
+//!
+//! [`Upstream::request_candidates`] is the same walk for a plain HTTP request, with
+//! one change: if the principal has a live tunnel on an up backend, that backend comes
+//! first. A tunnel can sit away from its owner for a while (its node returned and the
+//! drain has not reached it, `rebalance = "off"`, bounded load), and "push to user X"
+//! must reach the node that holds X's socket.
 
 pub mod health;
 
@@ -102,7 +108,24 @@ impl Upstream {
             cap,
             over_cap: Vec::new(),
             down: Vec::new(),
+            first: None,
+            skip: None,
         }
+    }
+
+    /// [`Upstream::candidates`] for a plain request: the first up backend, in the
+    /// walk's order, that holds a live tunnel of this principal goes first (over its
+    /// load cap or not: the request adds no tunnel).
+    pub fn request_candidates<'a>(&'a self, key: u64, registry: &'a Registry) -> Candidates<'a> {
+        let mut c = self.candidates(key, registry);
+        let holders = registry.holders(&self.name, key);
+        if !holders.is_empty() {
+            c.first = self.table.walk(key).find(|&i| {
+                let b = &self.backends[i];
+                b.health.is_up() && holders.contains(&b.key)
+            });
+        }
+        c
     }
 
     /// The owner of `key` if every backend were eligible (what `tether owner` prints).
@@ -172,6 +195,9 @@ pub struct Candidates<'a> {
     cap: Option<usize>,
     over_cap: Vec<usize>,
     down: Vec<usize>,
+    /// Yielded before the walk, which then skips it (`skip`).
+    first: Option<usize>,
+    skip: Option<usize>,
 }
 
 impl<'a> Iterator for Candidates<'a> {
@@ -179,9 +205,15 @@ impl<'a> Iterator for Candidates<'a> {
 
     fn next(&mut self) -> Option<&'a Backend> {
         let backends = &self.upstream.backends;
+        if let Some(i) = self.first.take() {
+            self.skip = Some(i);
+            return Some(&backends[i]);
+        }
         for i in self.walk.by_ref() {
             let b = &backends[i];
-            if !b.health.is_up() {
+            if self.skip == Some(i) {
+                continue;
+            } else if !b.health.is_up() {
                 self.down.push(i);
             } else if self
                 .cap
@@ -256,6 +288,36 @@ mod tests {
         let _t1 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 1, None);
         let _t2 = reg.register(u.name.clone(), "r".into(), owner.key.clone(), 2, None);
         assert_eq!(ids(u.candidates(key, &reg)), [order[1], order[2], order[0]]);
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_first_where_its_principal_has_a_live_tunnel() {
+        let (u, reg) = upstream("[upstream.u.health]\npassive_fails = 1\n");
+        let key = 42;
+        let order = ids(u.candidates(key, &reg));
+        // The principal's tunnel sits on its second choice, and another upstream's
+        // tunnel of the same key on its third, which this upstream ignores.
+        let second = u.backend(order[1]).unwrap();
+        let third = u.backend(order[2]).unwrap();
+        let _t = reg.register(u.name.clone(), "r".into(), second.key.clone(), key, None);
+        let _other = reg.register("other".into(), "r".into(), third.key.clone(), key, None);
+        assert_eq!(
+            ids(u.request_candidates(key, &reg)),
+            [order[1], order[0], order[2]]
+        );
+        // New tunnels still go to the owner; other principals are untouched.
+        assert_eq!(ids(u.candidates(key, &reg)), order);
+        assert_eq!(
+            ids(u.request_candidates(7, &reg)),
+            ids(u.candidates(7, &reg))
+        );
+        // A holder that is down is not preferred.
+        let t = u.config.health.thresholds;
+        assert!(second.health.passive_failure(&t, "refused").is_some());
+        assert_eq!(
+            ids(u.request_candidates(key, &reg)),
+            ids(u.candidates(key, &reg))
+        );
     }
 
     #[tokio::test]
