@@ -101,6 +101,16 @@ async fn run_serves_and_exits_0_on_sigterm() {
     let mut bin = Binary::spawn(&["run", "--config", &path]);
     let addr = bin.wait_listening();
     assert_eq!(http_node(addr, "/info", &[]).await, "a");
+    // Text access events quote their strings alike, for requests and tunnels.
+    let request = bin.wait_for("tether::access: request");
+    assert!(request.contains(r#"route="/" backend="a""#), "{request}");
+    let (mut s, _) = ws(addr, "/ws", &[]).await;
+    futures_util::SinkExt::close(&mut s).await.unwrap();
+    // Read to the end: the node (on this test's runtime) answers the Close meanwhile.
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut s).await {}
+    let tunnel = bin.wait_for("tunnel closed");
+    assert!(tunnel.contains(r#"route="/" backend="a""#), "{tunnel}");
+    assert!(tunnel.contains(r#"reason="client""#), "{tunnel}");
     bin.signal("TERM");
     assert!(bin.wait_exit().success());
 }

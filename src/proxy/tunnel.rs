@@ -270,10 +270,11 @@ async fn finish<C>(
     info!(
         target: "tether::access",
         kind = "tunnel",
-        route = %info.route,
-        backend = %info.backend,
+        // Strings quoted, as in the request event, so text logs parse alike.
+        route = &*info.route,
+        backend = &*info.backend,
         principal = %info.principal,
-        reason = %closed,
+        reason = closed.to_string(),
         bytes_up = up,
         bytes_down = down,
         duration_ms = started.elapsed().as_millis() as u64,
