@@ -171,7 +171,9 @@ fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
 async fn serve(path: &Path, config: Config) -> Result<()> {
     // Before anything slow: from here on SIGHUP reloads instead of killing us.
     let mut signals = Signals::new()?;
-    let listeners = bind(tether::reload::binds(&config)).await?;
+    let listeners = bind(tether::reload::binds(&config))
+        .await
+        .with_context(|| path.display().to_string())?;
     let server = Server::start(Arc::new(Live::new(&config)), listeners);
     info!(config = %path.display(), "tether started");
     notify(&[NotifyState::Ready]);

@@ -1,6 +1,6 @@
 //! The binary's subcommands: `check` (summary or file:line:col and exit 1), `owner`
 //! (the same placement the proxy uses, pinned to independently computed answers),
-//! `run` (serves, exits 0 on SIGTERM) and `demo` (three nodes behind tether).
+//! `run` (serves, exits 0 on SIGTERM, names file and address when a port is taken) and `demo` (three nodes behind tether).
 
 mod common;
 
@@ -113,6 +113,22 @@ async fn run_serves_and_exits_0_on_sigterm() {
     assert!(tunnel.contains(r#"reason="client""#), "{tunnel}");
     bin.signal("TERM");
     assert!(bin.wait_exit().success());
+}
+
+/// A port that cannot be had at start is an error naming the file and the address.
+#[test]
+fn run_names_the_file_when_a_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = write_config(&format!(
+        "[[listener]]\nbind = \"{addr}\"\n[upstream.app]\nbackends = [\"127.0.0.1:1\"]\n"
+    ));
+    let (code, _, err) = tether(&["run", "--config", &path]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("{path}: cannot listen on {addr}")),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -184,6 +184,18 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
             };
             return invalid(span, why);
         }
+        if let Some(other) = listeners
+            .iter()
+            .find(|o: &&ListenerConfig| clash(o.bind, listener.bind))
+        {
+            return invalid(
+                span,
+                format!(
+                    "listener {} cannot be bound beside listener {}: a wildcard address takes the port on every address it covers; use one of them",
+                    listener.bind, other.bind
+                ),
+            );
+        }
         listeners.push(listener);
     }
 
@@ -235,6 +247,15 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
     })
 }
 
+/// Two different addresses that cannot both be bound: the same port, one a wildcard
+/// that covers the other (`0.0.0.0` covers IPv4; `[::]` covers both, as Linux binds it
+/// dual-stack by default).
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, x: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || x.is_ipv4());
+    a != b && a.port() == b.port() && a.port() != 0 && (covers(a, b) || covers(b, a))
+}
+
 fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminConfig, Invalid> {
     let bind = match &a.bind {
         None => DEFAULT_ADMIN_BIND,
@@ -244,11 +265,14 @@ fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminCo
         },
     };
     // Port 0 asks for any free port: the admin listener gets its own.
-    let shared = bind.port() != 0 && listeners.iter().any(|l| l.bind == bind);
+    let shared = bind.port() != 0
+        && listeners
+            .iter()
+            .any(|l| l.bind == bind || clash(l.bind, bind));
     if let (Some(b), true) = (&a.bind, shared) {
         return invalid(
             b.span(),
-            "the admin listener cannot share a traffic listener's address",
+            "the admin listener cannot share a traffic listener's address (nor its port, where either is a wildcard address)",
         );
     }
     let token = a.token.as_ref().map(|t| t.get_ref().clone());
@@ -572,6 +596,43 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn listeners_that_cannot_both_bind_are_an_error() {
+        let two = |a: &str, b: &str| {
+            Config::parse(
+                &format!("[[listener]]\nbind = \"{a}\"\n[[listener]]\nbind = \"{b}\"\n"),
+                "t.toml",
+            )
+            .map_err(|e| e.to_string())
+        };
+        for (a, b) in [
+            ("127.0.0.1:9000", "0.0.0.0:9000"),
+            ("0.0.0.0:9000", "127.0.0.1:9000"),
+            ("[::]:9000", "127.0.0.1:9000"),
+            ("[::1]:9000", "[::]:9000"),
+            ("0.0.0.0:9000", "[::]:9000"),
+        ] {
+            let e = two(a, b).unwrap_err();
+            assert!(
+                e.contains("t.toml:4:8") && e.contains("wildcard"),
+                "{a} {b}: {e}"
+            );
+        }
+        for (a, b) in [
+            ("127.0.0.1:9000", "127.0.0.2:9000"),
+            ("0.0.0.0:9000", "[::1]:9000"),
+            ("0.0.0.0:9000", "0.0.0.0:9001"),
+            ("127.0.0.1:0", "0.0.0.0:0"),
+        ] {
+            assert!(two(a, b).is_ok(), "{a} {b}");
+        }
+        let admin = Config::parse(
+            "[[listener]]\nbind = \"0.0.0.0:9000\"\n[admin]\nbind = \"127.0.0.1:9000\"\n",
+            "t.toml",
+        );
+        assert!(admin.unwrap_err().to_string().contains("cannot share"));
     }
 
     #[test]
