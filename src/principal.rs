@@ -39,6 +39,29 @@ pub enum Fallback {
     Ip,
     /// Answer 400 naming the sources the route expects.
     Reject,
+    /// Make a new random principal and set it as the route's first `cookie:` source
+    /// (`Set-Cookie` on the answer), so the client's next requests carry it: for
+    /// sessions a backend creates on the first request, which no source can name
+    /// before it exists (HAProxy's `cookie insert`, Envoy's generated hash cookie).
+    Cookie,
+}
+
+impl Source {
+    /// The cookie's name, for a `cookie:` source.
+    pub fn cookie(&self) -> Option<&str> {
+        match self {
+            Source::Cookie(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A fresh value for `fallback = "cookie"`: 128 random bits as 32 hex digits. `None`
+/// only if the OS has no randomness to give.
+pub fn new_cookie_value() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A principal's placement key. Deliberately holds no raw value.
@@ -193,6 +216,7 @@ impl fmt::Display for Fallback {
         f.write_str(match self {
             Fallback::Ip => "ip",
             Fallback::Reject => "reject",
+            Fallback::Cookie => "cookie",
         })
     }
 }

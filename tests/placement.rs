@@ -1,6 +1,7 @@
 //! Stickiness end to end: every principal source pins WebSockets and plain HTTP to
 //! the same node, reconnect after reconnect, in agreement with the placement function
-//! (`tether owner`), and 3 nodes share 3,000 principals evenly.
+//! (`tether owner`), a principal tether issues as a cookie holds from the first
+//! request on, and 3 nodes share 3,000 principals evenly.
 
 mod common;
 
@@ -152,6 +153,51 @@ async fn fallback_ip_and_reject() {
     let raw = raw(reject.addr, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     reject.stop().await;
+}
+
+/// `fallback = "cookie"`: a client without the cookie gets one, made up by tether and
+/// placed like any principal, so the node that served its first request (and made a
+/// session there, as Spring does) serves all the others, WebSocket included.
+#[tokio::test]
+async fn an_issued_cookie_pins_a_client_from_its_first_request_on() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(
+        &nodes,
+        "principal = [\"cookie:tid\", \"path:3\"]\nfallback = \"cookie\"",
+        "",
+    ))
+    .await;
+    let mut seen = HashMap::new();
+    for _ in 0..30 {
+        let (status, headers, body) = http(proxy.addr, get("test", "/info", &[])).await;
+        assert_eq!(status, 200);
+        let set = headers["set-cookie"].to_str().unwrap();
+        let value = set
+            .strip_prefix("tid=")
+            .and_then(|rest| rest.strip_suffix("; Path=/; HttpOnly; SameSite=Lax"))
+            .unwrap_or_else(|| panic!("Set-Cookie: {set}"));
+        assert_eq!(value.len(), 32, "{set}");
+        let first: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let node = first["node"].as_str().unwrap().to_owned();
+        assert_eq!(node, owner(&proxy, value));
+
+        let cookie = format!("JSESSIONID=made-on-{node}; tid={value}");
+        let (_, again, body) = http(proxy.addr, get("test", "/info", &[("cookie", &cookie)])).await;
+        assert!(again.get("set-cookie").is_none(), "issued twice: {again:?}");
+        let again: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(again["node"], node.as_str());
+        assert_eq!(
+            ws_node(proxy.addr, "/ws", &[("cookie", &cookie)]).await,
+            node
+        );
+        *seen.entry(node).or_insert(0) += 1;
+    }
+    // Every new client gets its own value, so new clients spread over the nodes.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // A source that matches wins over issuing (a SockJS client without cookies).
+    let (_, headers, _) = http(proxy.addr, get("test", "/stomp/0/s1/xhr", &[])).await;
+    assert!(headers.get("set-cookie").is_none());
+    proxy.stop().await;
 }
 
 #[tokio::test]

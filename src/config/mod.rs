@@ -247,6 +247,14 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
     })
 }
 
+/// An RFC 6265 cookie-name: an RFC 9110 token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Two different addresses that cannot both be bound: the same port, one a wildcard
 /// that covers the other (`0.0.0.0` covers IPv4; `[::]` covers both, as Linux binds it
 /// dual-stack by default).
@@ -405,7 +413,26 @@ fn build_route(r: RawRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig,
         Some(f) => match f.get_ref().as_str() {
             "ip" => Fallback::Ip,
             "reject" => Fallback::Reject,
-            _ => return invalid(f.span(), "`fallback` is \"ip\" or \"reject\""),
+            "cookie" => {
+                let Some(name) = principal.iter().find_map(Source::cookie) else {
+                    return invalid(
+                        f.span(),
+                        "`fallback = \"cookie\"` sets the route's first `cookie:NAME` source; add one, e.g. principal = [\"cookie:tether\"]",
+                    );
+                };
+                if !is_cookie_name(name) {
+                    return invalid(
+                        f.span(),
+                        format!(
+                            "`{name}` cannot be set as a cookie name (RFC 6265: letters, digits and !#$%&'*+-.^_`|~)"
+                        ),
+                    );
+                }
+                Fallback::Cookie
+            }
+            _ => {
+                return invalid(f.span(), "`fallback` is \"ip\", \"reject\" or \"cookie\"");
+            }
         },
     };
     let idle_timeout = match &r.idle_timeout {
@@ -596,6 +623,22 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn a_cookie_fallback_needs_a_cookie_it_can_set() {
+        let with = |principal: &str| {
+            GOOD.replace(
+                "principal = [\"cookie:JSESSIONID\", \"header:X-User-Id\", \"query:userId\", \"path:3\"]\nfallback = \"ip\"",
+                &format!("principal = {principal}\nfallback = \"cookie\""),
+            )
+        };
+        let c = Config::parse(&with(r#"["path:3", "cookie:tid"]"#), "t.toml").unwrap();
+        assert_eq!(c.routes[0].fallback, Fallback::Cookie);
+        let e = error(&with(r#"["path:3"]"#));
+        assert!(e.contains("t.toml:10:12") && e.contains("add one"), "{e}");
+        let e = error(&with(r#"["cookie:a;b"]"#));
+        assert!(e.contains("cannot be set as a cookie name"), "{e}");
     }
 
     #[test]

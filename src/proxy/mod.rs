@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, COOKIE, HOST, HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY,
+    CONTENT_LENGTH, COOKIE, HOST, HeaderValue, LOCATION, SET_COOKIE, STRICT_TRANSPORT_SECURITY,
     TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -195,10 +195,23 @@ impl Proxy {
             .map_or(&[][..], |l| &l.trusted_proxies[..]);
         let peer = conn.peer.ip();
         let client = client_ip(peer, trusted, req.headers());
+        let mut issued = None;
         let principal = match principal::extract(&route.principal, req.uri(), req.headers()) {
             Some(p) => p,
             None => match route.fallback {
                 Fallback::Ip => Principal::from_ip(client),
+                Fallback::Cookie => match route
+                    .principal
+                    .iter()
+                    .find_map(principal::Source::cookie)
+                    .and_then(|name| issue_cookie(name, conn.scheme))
+                {
+                    Some((p, cookie)) => {
+                        issued = Some(cookie);
+                        p
+                    }
+                    None => Principal::from_ip(client),
+                },
                 Fallback::Reject => {
                     let expected: Vec<String> =
                         route.principal.iter().map(|s| s.to_string()).collect();
@@ -225,7 +238,7 @@ impl Proxy {
             join_cookies(req.headers_mut());
         }
 
-        match websocket {
+        let mut resp = match websocket {
             Some(flavor) => {
                 // On HTTP/2 the tunnel keeps its stream counted open for the idle timeout.
                 let asked = Asked {
@@ -233,10 +246,14 @@ impl Proxy {
                     stream: conn.streams.as_ref().map(crate::listener::Open::new),
                 };
                 self.upgrade(req, asked, upstream, route, principal, access)
-                    .await
+                    .await?
             }
-            None => self.http(req, upstream, principal, access).await,
+            None => self.http(req, upstream, principal, access).await?,
+        };
+        if let Some(cookie) = issued {
+            resp.headers_mut().append(SET_COOKIE, cookie);
         }
+        Ok(resp)
     }
 
     /// A connect to `b` failed, or it did not answer in time: count it against the
@@ -259,6 +276,22 @@ impl Proxy {
             on_transition(&self.live, b, t);
         }
     }
+}
+
+/// `fallback = "cookie"`: a new random principal and the `Set-Cookie` that gives it
+/// to the client as cookie `name` (the route's first `cookie:` source, a valid name
+/// by the config's check). A session cookie for the whole site, out of scripts'
+/// reach, sent on top-level navigation from other sites (`Lax`, the browsers'
+/// default), and only over TLS when the client came over TLS. `None` if the OS has no
+/// randomness.
+fn issue_cookie(name: &str, scheme: &str) -> Option<(Principal, HeaderValue)> {
+    let value = principal::new_cookie_value()?;
+    let secure = if scheme == "https" { "; Secure" } else { "" };
+    let cookie = HeaderValue::try_from(format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .ok()?;
+    Some((Principal::from_bytes(value.as_bytes()), cookie))
 }
 
 /// A copy of a request head, for one more attempt.
@@ -372,3 +405,23 @@ fn is_host(v: &[u8]) -> bool {
 
 /// Header fields a request may carry (hyper's HTTP/1 limit, applied to HTTP/2 too).
 const MAX_HEADERS: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issued_cookie_is_secure_over_tls_and_names_its_principal() {
+        let (p, plain) = issue_cookie("tid", "http").unwrap();
+        let plain = plain.to_str().unwrap();
+        let value = &plain["tid=".len().."tid=".len() + 32];
+        assert_eq!(p, Principal::from_bytes(value.as_bytes()));
+        assert_eq!(
+            plain,
+            format!("tid={value}; Path=/; HttpOnly; SameSite=Lax")
+        );
+        let (q, tls) = issue_cookie("tid", "https").unwrap();
+        assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
+        assert_ne!(p, q, "two clients got the same value");
+    }
+}
