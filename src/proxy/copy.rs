@@ -240,10 +240,13 @@ where
         (self.up.bytes, self.down.bytes)
     }
 
-    /// Ends the tunnel from tether's side: sends what is already buffered, then a
-    /// Close frame with `to_client` / `to_backend` to each side that is between frames
-    /// (else that side just gets end of stream), then waits up to `linger` for the
-    /// peers to close so the Close frames are read rather than lost to a reset.
+    /// Ends the tunnel from tether's side: sends what is already buffered, lets a
+    /// frame in flight towards a side that is to get a Close finish (a busy stream is
+    /// nearly always mid-frame), then sends a Close frame with `to_client` /
+    /// `to_backend` to each side that is between frames (else that side just gets end
+    /// of stream), then waits for the peers to close so the Close frames are read
+    /// rather than lost to a reset. All within `linger`: a frame that does not finish
+    /// in time is cut with the connection, without a Close.
     pub async fn close(
         &mut self,
         to_client: Option<u16>,
@@ -255,6 +258,12 @@ where
             // Buffered bytes first, so the Close frame lands after complete frames.
             let _ = flush_pending(&mut self.backend, &mut self.up).await;
             let _ = flush_pending(&mut self.client, &mut self.down).await;
+            if to_client.is_some() {
+                let _ = finish_frame(&mut self.backend, &mut self.client, &mut self.down).await;
+            }
+            if to_backend.is_some() {
+                let _ = finish_frame(&mut self.client, &mut self.backend, &mut self.up).await;
+            }
             if let Some(code) = to_client.filter(|_| self.down.may_close()) {
                 let _ = self
                     .client
@@ -291,6 +300,29 @@ fn reason(code: u16) -> &'static str {
         1012 => "tether: service restart",
         _ => "tether: going away",
     }
+}
+
+/// Copies `from` → `to` up to the end of the frame in flight, and not a byte further:
+/// reads are sized to what is left of the frame (of its header, then its payload).
+async fn finish_frame<R, W>(from: &mut R, to: &mut W, f: &mut Flow) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    while !f.frames.at_boundary() && !f.eof && !f.done {
+        let want = f.frames.left_in_frame().min(buf.len() as u64) as usize;
+        let n = from.read(&mut buf[..want]).await?;
+        if n == 0 {
+            f.eof = true;
+            break;
+        }
+        f.frames.feed(&buf[..n]);
+        f.bytes += n as u64;
+        f.meter.inc_by(n as u64);
+        to.write_all(&buf[..n]).await?;
+    }
+    to.flush().await
 }
 
 async fn flush_pending<W: AsyncWrite + Unpin>(to: &mut W, f: &mut Flow) -> io::Result<()> {
@@ -589,6 +621,38 @@ mod tests {
             to_backend.is_empty(),
             "a Close frame was injected mid-frame: {to_backend:?}"
         );
+    }
+
+    /// A busy stream is nearly always mid-frame: closing lets the frame in flight
+    /// finish, then the Close goes, and not a byte of the next frame is taken.
+    #[tokio::test]
+    async fn close_finishes_the_frame_in_flight_then_sends_its_close() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        backend_peer.write_all(&[0x82, 4, 1, 2]).await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::select! {
+            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
+            r = client_peer.read_exact(&mut got) => { r.unwrap(); }
+        }
+        let peers = async {
+            // The rest of the frame, and the next one, which must stay unread.
+            backend_peer.write_all(&[3, 4, 0x82, 1, 9]).await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !seen.starts_with(&[3, 4, 0x88]) || seen.len() < 4 + usize::from(seen[3]) {
+                let n = client_peer.read(&mut buf).await.unwrap();
+                assert!(n > 0, "no Close after the frame: {seen:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            client_peer.shutdown().await.unwrap();
+            seen
+        };
+        let (_, seen) = tokio::join!(pump.close(Some(1012), None, Duration::from_secs(5)), peers);
+        assert_eq!(&seen[..2], &[3, 4]);
+        assert_eq!(&seen[2..6], &[0x88, seen[3], 0x03, 0xf4]);
+        assert_eq!(pump.totals().1, 6);
     }
 
     /// A side that has sent its Close gets nothing more from tether: not the Close a

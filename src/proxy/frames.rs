@@ -40,6 +40,20 @@ impl FrameTracker {
         matches!(self.state, State::Header { have: 0, .. })
     }
 
+    /// How many bytes the stream may advance without passing the end of the current
+    /// frame: what is left of its payload, or of its header as known so far (at least
+    /// one byte; more of a header can reveal that it is longer). Between frames, a
+    /// whole minimal header.
+    pub fn left_in_frame(&self) -> u64 {
+        match &self.state {
+            State::Payload(left) => *left,
+            State::Header { have, buf } => {
+                let have = usize::from(*have);
+                (header_len(&buf[..have]) - have) as u64
+            }
+        }
+    }
+
     /// True once a Close frame's header has gone by.
     pub fn saw_close(&self) -> bool {
         self.saw_close
@@ -170,6 +184,33 @@ mod tests {
                 assert!(t.at_boundary(), "len {len} mask {mask:?}");
             }
         }
+    }
+
+    /// Reading `left_in_frame` bytes at a time lands exactly on every frame's end.
+    #[test]
+    fn left_in_frame_never_overshoots() {
+        let stream: Vec<u8> = [
+            frame(2, 300, Some([9; 4])),
+            frame(9, 0, None),
+            frame(1, 70_000, None),
+            frame(1, 3, None),
+        ]
+        .concat();
+        let ends = [2 + 2 + 4 + 300, 2 + 2 + 4 + 300 + 2, 310 + 2 + 8 + 70_000];
+        let mut t = FrameTracker::default();
+        let mut at = 0;
+        let mut boundaries = Vec::new();
+        while at < stream.len() {
+            let n = t.left_in_frame() as usize;
+            assert!(n > 0);
+            t.feed(&stream[at..at + n]);
+            at += n;
+            if t.at_boundary() {
+                boundaries.push(at);
+            }
+        }
+        assert_eq!(boundaries[..3], ends);
+        assert_eq!(*boundaries.last().unwrap(), stream.len());
     }
 
     #[test]
