@@ -258,11 +258,16 @@ where
             // Buffered bytes first, so the Close frame lands after complete frames.
             let _ = flush_pending(&mut self.backend, &mut self.up).await;
             let _ = flush_pending(&mut self.client, &mut self.down).await;
+            // Small buffers: thousands of tunnels can be closing at once (shutdown).
+            let mut sink = [0u8; 512];
+            let mut sink2 = [0u8; 512];
             if to_client.is_some() {
-                let _ = finish_frame(&mut self.backend, &mut self.client, &mut self.down).await;
+                let (from, to) = (&mut self.backend, &mut self.client);
+                let _ = finish_frame(from, to, &mut self.down, &mut sink).await;
             }
             if to_backend.is_some() {
-                let _ = finish_frame(&mut self.client, &mut self.backend, &mut self.up).await;
+                let (from, to) = (&mut self.client, &mut self.backend);
+                let _ = finish_frame(from, to, &mut self.up, &mut sink).await;
             }
             if let Some(code) = to_client.filter(|_| self.down.may_close()) {
                 let _ = self
@@ -279,8 +284,6 @@ where
             }
             let _ = tokio::join!(self.client.shutdown(), self.backend.shutdown());
             // Read and discard until both peers close (or the deadline).
-            let mut sink = [0u8; 512];
-            let mut sink2 = [0u8; 512];
             let client =
                 async { while matches!(self.client.read(&mut sink).await, Ok(n) if n > 0) {} };
             // A backend that was not sent a Close (it is down) is not waited for.
@@ -304,12 +307,16 @@ fn reason(code: u16) -> &'static str {
 
 /// Copies `from` → `to` up to the end of the frame in flight, and not a byte further:
 /// reads are sized to what is left of the frame (of its header, then its payload).
-async fn finish_frame<R, W>(from: &mut R, to: &mut W, f: &mut Flow) -> io::Result<()>
+async fn finish_frame<R, W>(
+    from: &mut R,
+    to: &mut W,
+    f: &mut Flow,
+    buf: &mut [u8],
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = [0u8; 4096];
     while !f.frames.at_boundary() && !f.eof && !f.done {
         let want = f.frames.left_in_frame().min(buf.len() as u64) as usize;
         let n = from.read(&mut buf[..want]).await?;
