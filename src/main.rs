@@ -183,8 +183,14 @@ async fn serve(path: &Path, config: Config) -> Result<()> {
                 let mut states = vec![NotifyState::Reloading];
                 states.extend(NotifyState::monotonic_usec_now().ok());
                 notify(&states);
-                reload(&server, path).await;
-                notify(&[NotifyState::Ready]);
+                // systemd has no "reload failed" message: STATUS= makes the outcome
+                // visible in `systemctl status`.
+                let status = match reload(&server, path).await {
+                    Ok(()) => "configuration reloaded".to_owned(),
+                    Err(why) => format!("reload failed, the running configuration stays: {why}")
+                        .replace('\n', " "),
+                };
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
             Sig::Stop(name) => {
                 info!("{name} received: shutting down");
@@ -206,12 +212,14 @@ async fn serve(path: &Path, config: Config) -> Result<()> {
 }
 
 /// Re-reads `path` and applies it; on any error (unreadable, invalid, a new listener
-/// that cannot bind) the running configuration stays and the error is logged.
-async fn reload(server: &Server, path: &Path) {
+/// that cannot bind) the running configuration stays and the error is logged and
+/// returned.
+async fn reload(server: &Server, path: &Path) -> Result<(), String> {
     let keep = "reload failed; the running configuration stays";
     let failed = |why: String| {
         error!("{keep}: {why}");
         server.reload_failed(&why);
+        Err(why)
     };
     // Reading files and resolving backend host names block: off the runtime's
     // threads, so a slow resolver never stalls traffic (with `workers = 1` there is
@@ -228,6 +236,7 @@ async fn reload(server: &Server, path: &Path) {
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");
+    Ok(())
 }
 
 /// Best effort: a service manager that cannot be told is not a reason to stop.

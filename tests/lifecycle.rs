@@ -507,7 +507,17 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
         .parse()
         .unwrap();
     assert!(usec > 0);
-    assert_eq!(next().await, "READY=1\n");
+    assert_eq!(next().await, "READY=1\nSTATUS=configuration reloaded\n");
+    // A broken file: the reload is over (READY=1) and its failure shows in the status.
+    std::fs::write(&path, "[[listener]]\nbind = 1\n").unwrap();
+    bin.signal("HUP");
+    assert!(next().await.starts_with("RELOADING=1\n"));
+    let failed = next().await;
+    assert!(
+        failed.starts_with("READY=1\nSTATUS=reload failed, the running configuration stays: ")
+            && failed.contains("tether.toml:2:8"),
+        "{failed}"
+    );
     bin.signal("TERM");
     assert_eq!(next().await, "STOPPING=1\n");
     assert!(bin.wait_exit().success());
