@@ -174,6 +174,7 @@ async fn serve(path: &Path, config: Config) -> Result<()> {
     let listeners = bind(tether::reload::binds(&config))
         .await
         .with_context(|| path.display().to_string())?;
+    let at_start = StartOnly::of(&config);
     let server = Server::start(Arc::new(Live::new(&config)), listeners);
     info!(config = %path.display(), "tether started");
     notify(&[NotifyState::Ready]);
@@ -185,7 +186,7 @@ async fn serve(path: &Path, config: Config) -> Result<()> {
                 notify(&states);
                 // systemd has no "reload failed" message: STATUS= makes the outcome
                 // visible in `systemctl status`.
-                let status = match reload(&server, path).await {
+                let status = match reload(&server, path, &at_start).await {
                     Ok(()) => "configuration reloaded".to_owned(),
                     Err(why) => format!("reload failed, the running configuration stays: {why}")
                         .replace('\n', " "),
@@ -214,7 +215,7 @@ async fn serve(path: &Path, config: Config) -> Result<()> {
 /// Re-reads `path` and applies it; on any error (unreadable, invalid, a new listener
 /// that cannot bind) the running configuration stays and the error is logged and
 /// returned.
-async fn reload(server: &Server, path: &Path) -> Result<(), String> {
+async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<(), String> {
     let keep = "reload failed; the running configuration stays";
     let failed = |why: String| {
         error!("{keep}: {why}");
@@ -236,7 +237,33 @@ async fn reload(server: &Server, path: &Path) -> Result<(), String> {
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");
+    at_start.warn_if_changed(&StartOnly::of(&config));
     Ok(())
+}
+
+/// Settings read once at start (the runtime and the log format are made then); a
+/// reload that changes them says they wait for a restart.
+struct StartOnly {
+    workers: Option<usize>,
+    log_json: bool,
+}
+
+impl StartOnly {
+    fn of(c: &Config) -> StartOnly {
+        StartOnly {
+            workers: c.workers,
+            log_json: c.log_json,
+        }
+    }
+
+    fn warn_if_changed(&self, new: &StartOnly) {
+        if self.workers != new.workers {
+            warn!("`workers` is read at start: restart tether to apply the new value");
+        }
+        if self.log_json != new.log_json {
+            warn!("`[log] format` is read at start: restart tether to apply the new value");
+        }
+    }
 }
 
 /// Best effort: a service manager that cannot be told is not a reason to stop.

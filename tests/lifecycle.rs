@@ -377,6 +377,10 @@ async fn one_worker_serves_reloads_and_drains_like_many() {
     );
     send_text(&mut kept, "still here").await;
     assert_eq!(next_text(&mut kept).await, "still here");
+    // `workers` is read at start: a reload that changes it says so.
+    std::fs::write(&path, cfg(&[&nodes[0], &nodes[1]], "workers = 2")).unwrap();
+    bin.signal("HUP");
+    bin.wait_for("`workers` is read at start: restart tether to apply");
 
     bin.signal("TERM");
     match tokio::time::timeout(PATIENCE, kept.next()).await.unwrap() {
