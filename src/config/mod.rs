@@ -137,8 +137,10 @@ impl Config {
                 message,
             }
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or("", |s| line_at(text, s.start));
+            at(e.span(), with_hint(e.message().trim(), line))
+        })?;
         build(raw).map_err(|Invalid { span, message }| at(Some(span), message))
     }
 
@@ -483,6 +485,35 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+/// The line of `text` that holds byte `offset`, trimmed.
+fn line_at(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    text[start..end].trim()
+}
+
+/// The TOML parser's message for a mistake, with what to write instead where the
+/// message alone does not say (`line` is the source line it points at).
+fn with_hint(message: &str, line: &str) -> String {
+    let table = line.trim_matches(|c| c == '[' || c == ']');
+    let hint = if message.starts_with("invalid type: map, expected a sequence") {
+        format!("`[{table}]` is a list: write `[[{table}]]` for each entry")
+    } else if message.starts_with("invalid type: sequence, expected a map") {
+        format!("`[[{table}]]` is a table of named entries: write `[{table}.NAME]`")
+    } else if message == "duplicate key" {
+        let key = line.split('=').next().unwrap_or("").trim();
+        format!("`{key}` is set twice in one table")
+    } else if message.ends_with("expected a string") {
+        "write it in quotes: durations like \"5s\", addresses like \"127.0.0.1:8080\"".to_owned()
+    } else if message.starts_with("invalid type: string") && message.contains("expected ") {
+        "write the number without quotes".to_owned()
+    } else {
+        return message.to_owned();
+    };
+    format!("{message}: {hint}")
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -623,6 +654,41 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn type_mistakes_say_what_to_write() {
+        let cases = [
+            (
+                "[route]\npath = \"/\"\n",
+                "3:1",
+                "write `[[route]]` for each entry",
+            ),
+            (
+                "[[upstream]]\nbackends = []\n",
+                "3:1",
+                "write `[upstream.NAME]`",
+            ),
+            (
+                "[upstream.a]\nbackends = [\"127.0.0.1:1\"]\nconnect_timeout = 5\n",
+                "5:19",
+                "durations like \"5s\"",
+            ),
+            (
+                "[upstream.a]\nbackends = [\"127.0.0.1:1\"]\n[upstream.a.health]\nrise = \"2\"\n",
+                "6:8",
+                "without quotes",
+            ),
+        ];
+        for (tail, at, hint) in cases {
+            let e = error(&format!("[[listener]]\nbind = \"127.0.0.1:1\"\n{tail}"));
+            assert!(
+                e.starts_with(&format!("t.toml:{at}: ")) && e.contains(hint),
+                "{e}"
+            );
+        }
+        let e = error("[[listener]]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n");
+        assert!(e.contains("`bind` is set twice"), "{e}");
     }
 
     #[test]
