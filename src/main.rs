@@ -63,6 +63,10 @@ enum Command {
     Demo {
         #[arg(long, short, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The admin listener (status page, metrics); default 127.0.0.1:9090 if free,
+        /// else any free port.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
 }
 
@@ -82,9 +86,9 @@ fn main() -> ExitCode {
                 raise_open_files();
                 runtime(loaded.workers)?.block_on(serve(&config, loaded))
             }),
-        Command::Demo { listen } => {
+        Command::Demo { listen, admin } => {
             logging(false);
-            runtime(None).and_then(|rt| rt.block_on(demo(listen)))
+            runtime(None).and_then(|rt| rt.block_on(demo(listen, admin)))
         }
     };
     match result {
@@ -309,17 +313,22 @@ impl Signals {
     }
 }
 
-async fn demo(listen: SocketAddr) -> Result<()> {
+async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> Result<()> {
     let mut signals = Signals::new()?;
     let traffic = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    // The admin listener on 9090 if it is free, else anywhere.
-    let admin = match TcpListener::bind(DEMO_ADMIN).await {
-        Ok(l) => l,
-        Err(_) => TcpListener::bind("127.0.0.1:0")
+    // The admin listener where asked, else on 9090 if it is free, else anywhere.
+    let admin = match admin {
+        Some(addr) => TcpListener::bind(addr)
             .await
-            .context("cannot open the admin listener")?,
+            .with_context(|| format!("cannot listen on {addr}"))?,
+        None => match TcpListener::bind(DEMO_ADMIN).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot open the admin listener")?,
+        },
     };
     let (local, admin_addr) = (traffic.local_addr()?, admin.local_addr()?);
     let mut nodes = Vec::new();

@@ -133,7 +133,14 @@ fn run_names_the_file_when_a_port_is_taken() {
 
 #[tokio::test]
 async fn demo_starts_three_nodes_behind_tether() {
-    let mut bin = Binary::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    // Both ports chosen, so the test never takes the default 8080 or 9090.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin_arg = format!("127.0.0.1:{admin_port}");
+    let mut bin = Binary::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", &admin_arg]);
     let line = bin.wait_for("Open http://");
     let addr: std::net::SocketAddr = line
         .split("http://")
@@ -169,6 +176,7 @@ async fn demo_starts_three_nodes_behind_tether() {
         .unwrap()
         .to_owned();
     let (admin, path) = status_url.split_once('/').unwrap();
+    assert_eq!(admin, admin_arg);
     let (status, _, body) = http(
         admin.parse().unwrap(),
         get("localhost", &format!("/{path}"), &[]),
