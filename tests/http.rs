@@ -239,3 +239,21 @@ async fn a_timeout_then_a_refused_connect_is_a_504_logged_against_the_slow_node(
     let line = bin.wait_for("tether::access");
     assert!(line.contains("backend=\"slow\""), "{line}");
 }
+
+/// `host` may list names (nginx's `server_name a b;`): each is routed, others are not.
+#[tokio::test]
+async fn a_route_serves_every_host_it_lists() {
+    let nodes = nodes(&["a"]).await;
+    let toml = config(&nodes, "", "").replace(
+        "path = \"/\"\nupstream = \"app\"",
+        "path = \"/\"\nhost = [\"chat.example.com\", \"*.example.org\"]\nupstream = \"app\"",
+    );
+    let proxy = Proxy::start(&toml).await;
+    for host in ["chat.example.com", "x.example.org", "chat.example.com:8080"] {
+        let (status, _, _) = http(proxy.addr, get(host, "/info", &[])).await;
+        assert_eq!(status, 200, "{host}");
+    }
+    let (status, _, _) = http(proxy.addr, get("other.example", "/info", &[])).await;
+    assert_eq!(status, 404);
+    proxy.stop().await;
+}

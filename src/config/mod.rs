@@ -9,6 +9,7 @@
 //! documents each one (a test parses that file so it cannot rot).
 
 mod raw;
+mod route;
 mod summary;
 mod tls;
 mod upstream;
@@ -25,7 +26,8 @@ use toml::Spanned;
 
 use crate::principal::{Fallback, Source};
 use crate::route::HostPattern;
-use raw::{RawConfig, RawListener, RawRoute};
+use raw::{RawConfig, RawListener};
+use route::build_routes;
 pub use summary::{human, summary};
 pub use tls::{TlsConfig, provider};
 use upstream::build_upstream;
@@ -210,11 +212,12 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
     let mut seen = HashSet::new();
     for r in raw.route {
         let span = r.path.span();
-        let route = build_route(r, &upstreams)?;
-        if !seen.insert((route.host.clone(), route.path.clone())) {
-            return invalid(span, "another route has the same host and path");
+        for route in build_routes(r, &upstreams)? {
+            if !seen.insert((route.host.clone(), route.path.clone())) {
+                return invalid(span, "another route has the same host and path");
+            }
+            routes.push(route);
         }
-        routes.push(route);
     }
 
     let admin = match raw.admin {
@@ -247,14 +250,6 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         log_json,
         workers,
     })
-}
-
-/// An RFC 6265 cookie-name: an RFC 9110 token.
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Two different addresses that cannot both be bound: the same port, one a wildcard
@@ -368,87 +363,6 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
         header_timeout: duration_or(l.header_timeout, DEFAULT_HEADER_TIMEOUT)?,
         redirect_https,
         tls: l.tls.map(tls::build_tls).transpose()?,
-    })
-}
-
-fn build_route(r: RawRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
-    if !r.path.get_ref().starts_with('/') {
-        return invalid(
-            r.path.span(),
-            "a route `path` is a prefix starting with '/'",
-        );
-    }
-    let host = match &r.host {
-        None => None,
-        Some(h) => match h.get_ref().parse::<HostPattern>() {
-            Ok(p) => Some(p),
-            Err(why) => return invalid(h.span(), why),
-        },
-    };
-    let Some(upstream) = upstreams
-        .iter()
-        .position(|u| &u.name == r.upstream.get_ref())
-    else {
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        return invalid(
-            r.upstream.span(),
-            format!(
-                "unknown upstream `{}`; defined: {}",
-                r.upstream.get_ref(),
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        );
-    };
-    let mut principal = Vec::with_capacity(r.principal.len());
-    for p in &r.principal {
-        match p.get_ref().parse::<Source>() {
-            Ok(s) => principal.push(s),
-            Err(why) => return invalid(p.span(), why),
-        }
-    }
-    let fallback = match &r.fallback {
-        None => Fallback::Ip,
-        Some(f) => match f.get_ref().as_str() {
-            "ip" => Fallback::Ip,
-            "reject" => Fallback::Reject,
-            "cookie" => {
-                let Some(name) = principal.iter().find_map(Source::cookie) else {
-                    return invalid(
-                        f.span(),
-                        "`fallback = \"cookie\"` sets the route's first `cookie:NAME` source; add one, e.g. principal = [\"cookie:tether\"]",
-                    );
-                };
-                if !is_cookie_name(name) {
-                    return invalid(
-                        f.span(),
-                        format!(
-                            "`{name}` cannot be set as a cookie name (RFC 6265: letters, digits and !#$%&'*+-.^_`|~)"
-                        ),
-                    );
-                }
-                Fallback::Cookie
-            }
-            _ => {
-                return invalid(f.span(), "`fallback` is \"ip\", \"reject\" or \"cookie\"");
-            }
-        },
-    };
-    let idle_timeout = match &r.idle_timeout {
-        None => Some(DEFAULT_IDLE_TIMEOUT),
-        Some(s) if s.get_ref() == "off" => None,
-        Some(s) => Some(duration(s)?),
-    };
-    Ok(RouteConfig {
-        host,
-        path: r.path.into_inner(),
-        upstream,
-        principal,
-        fallback,
-        idle_timeout,
     })
 }
 
@@ -654,6 +568,35 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             Config::parse(&off, "t").unwrap().routes[0].idle_timeout,
             None
         );
+    }
+
+    #[test]
+    fn a_route_may_list_host_names() {
+        let with = |host: &str| GOOD.replace("host = \"chat.example.com\"", host);
+        let c =
+            Config::parse(&with(r#"host = ["a.example.com", "*.b.example.com"]"#), "t").unwrap();
+        let hosts: Vec<String> = c
+            .routes
+            .iter()
+            .map(|r| r.host.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(hosts, ["a.example.com", "*.b.example.com"]);
+        assert!(
+            c.routes
+                .iter()
+                .all(|r| r.path == "/" && r.principal.len() == 4)
+        );
+        let e = error(&with("host = []"));
+        assert!(
+            e.contains("t.toml:7:8") && e.contains("leave `host` out"),
+            "{e}"
+        );
+        let e = error(&with(r#"host = ["ok.example.com", "a b"]"#));
+        assert!(e.contains("`a b`"), "{e}");
+        let e = error(&with("host = 1"));
+        assert!(e.contains("a host name or a list of them"), "{e}");
+        let e = error(&with(r#"host = ["a.example.com", "a.example.com"]"#));
+        assert!(e.contains("same host and path"), "{e}");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub struct RawSni {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub path: Spanned<String>,
-    pub host: Option<Spanned<String>>,
+    pub host: Option<Spanned<Hosts>>,
     pub upstream: Spanned<String>,
     #[serde(default)]
     pub principal: Vec<Spanned<String>>,
@@ -113,6 +113,38 @@ pub struct RawHealth {
     pub start: Option<Spanned<String>>,
     pub passive_fails: Option<Spanned<i64>>,
     pub passive_window: Option<Spanned<String>>,
+}
+
+/// A route's `host`: one name or a list of them (nginx's `server_name a b;`).
+#[derive(Debug)]
+pub struct Hosts(pub Vec<String>);
+
+struct HostsVisitor;
+
+impl<'de> Visitor<'de> for HostsVisitor {
+    type Value = Hosts;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"a host name or a list of them, e.g. "chat.example.com" or ["a.example.com", "*.b.example.com"]"#)
+    }
+
+    fn visit_str<E: de::Error>(self, host: &str) -> Result<Hosts, E> {
+        Ok(Hosts(vec![host.to_owned()]))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Hosts, A::Error> {
+        let mut hosts = Vec::new();
+        while let Some(h) = seq.next_element::<String>()? {
+            hosts.push(h);
+        }
+        Ok(Hosts(hosts))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hosts {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(HostsVisitor)
+    }
 }
 
 /// A backend is either `"host:port"` or `{ addr = "host:port", name = "a", weight = 2 }`.
