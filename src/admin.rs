@@ -244,10 +244,12 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
         .candidates(principal.key(), &live.registry)
         .next()
         .map(describe);
-    let request_to = u
-        .request_candidates(principal.key(), &live.registry)
-        .next()
-        .map(describe);
+    let sockets: Vec<String> = live
+        .registry
+        .holders(&u.name, principal.key())
+        .iter()
+        .map(|b| b.id.to_string())
+        .collect();
     let all_up = u.owner(principal.key()).map(describe);
     let order = order(u, principal);
     (
@@ -256,7 +258,7 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
             "upstream": &*u.name,
             "principal": principal.fingerprint().to_string(),
             "owner": now,
-            "request_to": request_to,
+            "sockets": sockets,
             "owner_when_all_up": all_up,
             "order": order,
         }),

@@ -198,8 +198,17 @@ struct Inner {
     load: HashMap<(Arc<str>, BackendKey), usize>,
     /// Live tunnels per upstream.
     totals: HashMap<Arc<str>, usize>,
-    /// Tunnels by principal key: (registration id, backend), to find the entry.
-    by_key: HashMap<u64, Vec<(u64, BackendKey)>>,
+    /// Live tunnels per principal key, counted by (upstream, backend): a few entries
+    /// per key even when thousands of tunnels share one (the `ip` fallback behind a
+    /// NAT), so a drop and a lookup stay cheap under the lock.
+    by_key: HashMap<u64, Vec<Holder>>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    upstream: Arc<str>,
+    backend: BackendKey,
+    tunnels: usize,
 }
 
 /// Keeps a tunnel registered; dropping it deregisters.
@@ -223,7 +232,15 @@ impl Drop for Registration {
             }
         }
         if let Some(v) = inner.by_key.get_mut(&self.key) {
-            v.retain(|(id, _)| *id != self.id);
+            if let Some(i) = v
+                .iter()
+                .position(|h| h.backend == self.backend && h.upstream == self.upstream)
+            {
+                v[i].tunnels -= 1;
+                if v[i].tunnels == 0 {
+                    v.swap_remove(i);
+                }
+            }
             if v.is_empty() {
                 inner.by_key.remove(&self.key);
             }
@@ -278,11 +295,18 @@ impl Registry {
             .entry((upstream.clone(), backend.clone()))
             .or_default() += 1;
         *inner.totals.entry(upstream.clone()).or_default() += 1;
-        inner
-            .by_key
-            .entry(key)
-            .or_default()
-            .push((id, backend.clone()));
+        let holders = inner.by_key.entry(key).or_default();
+        match holders
+            .iter_mut()
+            .find(|h| h.backend == backend && h.upstream == upstream)
+        {
+            Some(h) => h.tunnels += 1,
+            None => holders.push(Holder {
+                upstream: upstream.clone(),
+                backend: backend.clone(),
+                tunnels: 1,
+            }),
+        }
         drop(inner);
         Registration {
             registry: self.clone(),
@@ -339,20 +363,13 @@ impl Registry {
     /// none or one).
     pub fn holders(&self, upstream: &str, key: u64) -> Vec<BackendKey> {
         let inner = self.lock();
-        let Some(tunnels) = inner.by_key.get(&key) else {
-            return Vec::new();
-        };
-        tunnels
-            .iter()
-            .filter(|(id, b)| {
-                inner
-                    .by_backend
-                    .get(b)
-                    .and_then(|m| m.get(id))
-                    .is_some_and(|e| &*e.upstream == upstream)
-            })
-            .map(|(_, b)| b.clone())
-            .collect()
+        inner.by_key.get(&key).map_or_else(Vec::new, |holders| {
+            holders
+                .iter()
+                .filter(|h| &*h.upstream == upstream)
+                .map(|h| h.backend.clone())
+                .collect()
+        })
     }
 
     /// Live tunnels of `upstream` on `backend`.
@@ -411,6 +428,34 @@ mod tests {
         // Asking again does not count them twice; the first reason stays.
         assert_eq!(r.close_backend(&key("a"), CloseReason::Rebalance), 0);
         assert_eq!(a1.ctl.reason(), Some(CloseReason::BackendDown));
+    }
+
+    #[test]
+    fn holders_follow_registrations_per_upstream() {
+        let r = Arc::new(Registry::default());
+        let (app, other): (Arc<str>, Arc<str>) = ("app".into(), "other".into());
+        let ids = |v: Vec<BackendKey>| -> Vec<String> {
+            let mut v: Vec<String> = v.iter().map(|b| b.id.to_string()).collect();
+            v.sort();
+            v
+        };
+        let t1 = r.register(app.clone(), "r".into(), key("a"), 7, None);
+        let t2 = r.register(app.clone(), "r".into(), key("a"), 7, None);
+        let t3 = r.register(app.clone(), "r".into(), key("b"), 7, None);
+        let t4 = r.register(other.clone(), "r".into(), key("c"), 7, None);
+        assert_eq!(ids(r.holders("app", 7)), ["a", "b"]);
+        assert_eq!(ids(r.holders("other", 7)), ["c"]);
+        assert!(r.holders("app", 8).is_empty());
+        drop(t1);
+        assert_eq!(ids(r.holders("app", 7)), ["a", "b"], "a still holds one");
+        drop(t2);
+        assert_eq!(ids(r.holders("app", 7)), ["b"]);
+        drop((t3, t4));
+        assert!(r.holders("app", 7).is_empty());
+        assert!(
+            r.lock().by_key.is_empty(),
+            "the index keeps nothing once all close"
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Route {
     pub principal: Vec<Source>,
     pub fallback: Fallback,
     pub idle_timeout: Option<Duration>,
+    /// See [`crate::upstream::Upstream::request_candidates`].
+    pub follow_socket: bool,
 }
 
 impl Snapshot {
@@ -64,6 +66,7 @@ impl Snapshot {
                     principal: r.principal.clone(),
                     fallback: r.fallback,
                     idle_timeout: r.idle_timeout,
+                    follow_socket: r.follow_socket,
                 };
                 (r.host.clone(), r.path.clone(), route)
             })

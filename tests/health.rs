@@ -380,7 +380,7 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
     let nodes = nodes(&["a", "b", "c"]).await;
     let proxy = Proxy::start(&config(
         &nodes,
-        r#"principal = ["query:u"]"#,
+        "principal = [\"query:u\"]\nfollow_socket = true",
         "balance_factor = 1.25",
     ))
     .await;
@@ -412,8 +412,8 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
         load["a"], 25,
         "the owner fills up to its cap first: {load:?}"
     );
-    // A plain request of a principal ("push to user X") goes where its socket is,
-    // also for the principals that overflowed to another node.
+    // On a `follow_socket` route a plain request of a principal ("push to user X")
+    // goes where its socket is, also for the principals that overflowed.
     for (k, node) in &placed {
         assert_eq!(
             &http_node(proxy.addr, &format!("/info?u={k}"), &[]).await,
@@ -426,15 +426,18 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
 
 /// A node returns while its principals' sockets sit on their next node and nothing
 /// moves them back (`rebalance = "off"`; with `drain` the same holds until the drain
-/// reaches them): a push for such a principal reaches its socket, one for a principal
-/// without a socket reaches the owner, and once the socket closes its pushes go to the
-/// owner again.
+/// reaches them). On a `follow_socket` route a push for such a principal reaches its
+/// socket, one for a principal without a socket reaches the owner, and once the
+/// socket closes its pushes go to the owner again. Other routes place by the owner
+/// throughout (a polling transport must meet its upgrade there).
 #[tokio::test]
 async fn a_push_reaches_the_socket_while_it_sits_away_from_its_returned_owner() {
     let live = nodes(&["a", "b"]).await;
     let dead = dead_addr().await;
     let toml = format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         follow_socket = true\n\
+         [[route]]\npath = \"/\"\nhost = \"poll.test\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
          [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{}\", name = \"b\" }}, {{ addr = \"{dead}\", name = \"c\" }}]\n\
          rebalance = \"off\"\n[upstream.app.health]\ninterval = \"100ms\"\n",
         live[0].addr, live[1].addr
@@ -457,6 +460,12 @@ async fn a_push_reaches_the_socket_while_it_sits_away_from_its_returned_owner() 
     .await;
     let push = format!("/info?u={with_socket}");
     assert_eq!(http_node(proxy.addr, &push, &[]).await, next);
+    let (_, _, body) = http(proxy.addr, get("poll.test", &push, &[])).await;
+    let polled: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        polled["node"], "c",
+        "a route without follow_socket places by owner"
+    );
     send_text(&mut s, "still here").await;
     assert_eq!(next_text(&mut s).await, "still here");
 

@@ -97,6 +97,8 @@ pub struct RouteConfig {
     pub fallback: Fallback,
     /// `None`: tunnels on this route never time out for idleness.
     pub idle_timeout: Option<Duration>,
+    /// Plain requests go first to a node holding a live tunnel of their principal.
+    pub follow_socket: bool,
 }
 
 /// A configuration error, printed as `file:line:col: message`.

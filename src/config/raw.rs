@@ -84,6 +84,7 @@ pub struct RawRoute {
     pub principal: Vec<Spanned<String>>,
     pub fallback: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub follow_socket: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

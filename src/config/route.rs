@@ -95,6 +95,7 @@ pub(super) fn build_routes(
         Some(s) if s.get_ref() == "off" => None,
         Some(s) => Some(duration(s)?),
     };
+    let follow_socket = r.follow_socket.unwrap_or(false);
     let path = r.path.into_inner();
     Ok(hosts
         .into_iter()
@@ -105,6 +106,7 @@ pub(super) fn build_routes(
             principal: principal.clone(),
             fallback,
             idle_timeout,
+            follow_socket,
         })
         .collect())
 }

@@ -14,11 +14,13 @@ use crate::principal::Principal;
 use crate::upstream::Upstream;
 
 impl Proxy {
-    /// A plain request through the first reachable candidate's keep-alive pool.
+    /// A plain request through the first reachable candidate's keep-alive pool; with
+    /// `follow_socket`, a node holding a live tunnel of the principal comes first.
     pub(super) async fn http(
         &self,
         req: Request<Incoming>,
         upstream: &Upstream,
+        follow_socket: bool,
         principal: Principal,
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
@@ -26,7 +28,12 @@ impl Proxy {
         let body = RetryBody::new(body);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
-        let mut candidates = upstream.request_candidates(principal.key(), &self.live.registry);
+        let registry = &self.live.registry;
+        let mut candidates = if follow_socket {
+            upstream.request_candidates(principal.key(), registry)
+        } else {
+            upstream.candidates(principal.key(), registry)
+        };
         let mut last = None;
         let (backend, resp) = loop {
             let Some(b) = candidates.next() else {

@@ -248,7 +248,10 @@ impl Proxy {
                 self.upgrade(req, asked, upstream, route, principal, access)
                     .await?
             }
-            None => self.http(req, upstream, principal, access).await?,
+            None => {
+                self.http(req, upstream, route.follow_socket, principal, access)
+                    .await?
+            }
         };
         if let Some(cookie) = issued {
             resp.headers_mut().append(SET_COOKIE, cookie);

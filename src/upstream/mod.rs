@@ -8,11 +8,13 @@
 //! health verdict can be wrong, and a request that might succeed beats a certain 502
 //! (Envoy's "panic mode", here at 0% healthy).
 //!
-//! [`Upstream::request_candidates`] is the same walk for a plain HTTP request, with
-//! one change: if the principal has a live tunnel on an up backend, that backend comes
-//! first. A tunnel can sit away from its owner for a while (its node returned and the
-//! drain has not reached it, `rebalance = "off"`, bounded load), and "push to user X"
-//! must reach the node that holds X's socket.
+//! [`Upstream::request_candidates`] is the same walk for a plain request on a
+//! `follow_socket` route, with one change: if the principal has a live tunnel on an up
+//! backend, that backend comes first. A tunnel can sit away from its owner for a while
+//! (its node returned and the drain has not reached it, `rebalance = "off"`, bounded
+//! load), and "push to user X" must reach the node that holds X's socket. It is not
+//! the default: a polling transport's requests (SockJS, Socket.IO before its upgrade)
+//! must meet their upgrade, which always goes to the owner.
 
 pub mod health;
 
