@@ -161,12 +161,18 @@ async fn fallback_ip_and_reject() {
 #[tokio::test]
 async fn an_issued_cookie_pins_a_client_from_its_first_request_on() {
     let nodes = nodes(&["a", "b", "c"]).await;
-    let proxy = Proxy::start(&config(
+    // Behind a trusted balancer that ends TLS, as README's scenario has it.
+    let toml = config(
         &nodes,
         "principal = [\"cookie:tid\", \"path:3\"]\nfallback = \"cookie\"",
         "",
-    ))
-    .await;
+    )
+    .replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        "bind = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    let proxy = Proxy::start(&toml).await;
     let mut seen = HashMap::new();
     for _ in 0..30 {
         let (status, headers, body) = http(proxy.addr, get("test", "/info", &[])).await;
@@ -194,6 +200,11 @@ async fn an_issued_cookie_pins_a_client_from_its_first_request_on() {
     }
     // Every new client gets its own value, so new clients spread over the nodes.
     assert_eq!(seen.len(), 3, "{seen:?}");
+    // The client reached the balancer over https: the cookie is for https only.
+    let https = [("x-forwarded-proto", "https")];
+    let (_, headers, _) = http(proxy.addr, get("test", "/info", &https)).await;
+    let set = headers["set-cookie"].to_str().unwrap();
+    assert!(set.ends_with("; SameSite=Lax; Secure"), "{set}");
     // A source that matches wins over issuing (a SockJS client without cookies).
     let (_, headers, _) = http(proxy.addr, get("test", "/stomp/0/s1/xhr", &[])).await;
     assert!(headers.get("set-cookie").is_none());

@@ -650,6 +650,8 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         assert!(e.contains("t.toml:10:12") && e.contains("add one"), "{e}");
         let e = error(&with(r#"["cookie:a;b"]"#));
         assert!(e.contains("cannot be set as a cookie name"), "{e}");
+        let e = error(&with(r#"["cookie:JSESSIONID"]"#));
+        assert!(e.contains("the app's session cookie"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,17 @@ pub(super) fn build_routes(
                         "`fallback = \"cookie\"` sets the route's first `cookie:NAME` source; add one, e.g. principal = [\"cookie:tether\"]",
                     );
                 };
+                if APP_SESSION_COOKIES
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(name))
+                {
+                    return invalid(
+                        f.span(),
+                        format!(
+                            "`{name}` is the app's session cookie: tether would overwrite it; give tether a cookie of its own, e.g. principal = [\"cookie:TETHER\"]"
+                        ),
+                    );
+                }
                 if !is_cookie_name(name) {
                     return invalid(
                         f.span(),
@@ -110,6 +121,18 @@ pub(super) fn build_routes(
         })
         .collect())
 }
+
+/// Session cookies that application frameworks set themselves (Java servlets, Spring
+/// Session, PHP, Express, ASP.NET, Django, Rails): never ones for tether to issue.
+const APP_SESSION_COOKIES: [&str; 7] = [
+    "JSESSIONID",
+    "SESSION",
+    "PHPSESSID",
+    "connect.sid",
+    "ASP.NET_SessionId",
+    "sessionid",
+    "_session_id",
+];
 
 /// An RFC 6265 cookie-name: an RFC 9110 token.
 fn is_cookie_name(name: &str) -> bool {

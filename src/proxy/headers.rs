@@ -214,17 +214,22 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     {
         // Host and scheme as the client used them: an outer balancer's where kept, so
         // `https://shop.example` behind it is port 443, not tether's own 80.
-        let https = headers
-            .get(X_FORWARDED_PROTO)
-            .and_then(|v| v.as_bytes().split(|b| *b == b',').next())
-            .is_some_and(|p| p.trim_ascii().eq_ignore_ascii_case(b"https"));
         let port = match host_port(host) {
             Some(p) => HeaderValue::from(p),
-            None if https => HeaderValue::from_static("443"),
+            None if client_https(headers) => HeaderValue::from_static("443"),
             None => HeaderValue::from_static("80"),
         };
         headers.insert(X_FORWARDED_PORT, port);
     }
+}
+
+/// The client reached the edge over https: the first `X-Forwarded-Proto` value, once
+/// [`set_forwarding`] has set it (an outer balancer's if trusted, else tether's own).
+pub fn client_https(headers: &HeaderMap) -> bool {
+    headers
+        .get(X_FORWARDED_PROTO)
+        .and_then(|v| v.as_bytes().split(|b| *b == b',').next())
+        .is_some_and(|p| p.trim_ascii().eq_ignore_ascii_case(b"https"))
 }
 
 /// An address as a header value (IPv4-mapped IPv6 written as IPv4).

@@ -46,7 +46,8 @@ use access::{Access, Pending};
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{
-    Forwarding, client_ip, is_trusted, join_cookies, only_chunked, set_forwarding, strip_hop_by_hop,
+    Forwarding, client_https, client_ip, is_trusted, join_cookies, only_chunked, set_forwarding,
+    strip_hop_by_hop,
 };
 use websocket::Asked;
 
@@ -200,14 +201,10 @@ impl Proxy {
             Some(p) => p,
             None => match route.fallback {
                 Fallback::Ip => Principal::from_ip(client),
-                Fallback::Cookie => match route
-                    .principal
-                    .iter()
-                    .find_map(principal::Source::cookie)
-                    .and_then(|name| issue_cookie(name, conn.scheme))
-                {
-                    Some((p, cookie)) => {
-                        issued = Some(cookie);
+                Fallback::Cookie => match principal::new_cookie_value() {
+                    Some(value) => {
+                        let p = Principal::from_bytes(value.as_bytes());
+                        issued = Some(value);
                         p
                     }
                     None => Principal::from_ip(client),
@@ -237,6 +234,10 @@ impl Proxy {
             // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
             join_cookies(req.headers_mut());
         }
+        let set_cookie = issued.and_then(|value| {
+            let name = route.principal.iter().find_map(principal::Source::cookie)?;
+            set_cookie(name, &value, client_https(req.headers()))
+        });
 
         let mut resp = match websocket {
             Some(flavor) => {
@@ -253,7 +254,7 @@ impl Proxy {
                     .await?
             }
         };
-        if let Some(cookie) = issued {
+        if let Some(cookie) = set_cookie {
             resp.headers_mut().append(SET_COOKIE, cookie);
         }
         Ok(resp)
@@ -281,20 +282,18 @@ impl Proxy {
     }
 }
 
-/// `fallback = "cookie"`: a new random principal and the `Set-Cookie` that gives it
-/// to the client as cookie `name` (the route's first `cookie:` source, a valid name
-/// by the config's check). A session cookie for the whole site, out of scripts'
-/// reach, sent on top-level navigation from other sites (`Lax`, the browsers'
-/// default), and only over TLS when the client came over TLS. `None` if the OS has no
-/// randomness.
-fn issue_cookie(name: &str, scheme: &str) -> Option<(Principal, HeaderValue)> {
-    let value = principal::new_cookie_value()?;
-    let secure = if scheme == "https" { "; Secure" } else { "" };
-    let cookie = HeaderValue::try_from(format!(
+/// `fallback = "cookie"`: the `Set-Cookie` that gives a new principal `value` to the
+/// client as cookie `name` (the route's first `cookie:` source, a valid name by the
+/// config's check). A session cookie for the whole site, out of scripts' reach, sent
+/// on top-level navigation from other sites (`Lax`, the browsers' default), and only
+/// over TLS when the client reached the edge over https (tether's TLS listener, or a
+/// trusted outer balancer's `X-Forwarded-Proto`).
+fn set_cookie(name: &str, value: &str, https: bool) -> Option<HeaderValue> {
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::try_from(format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
     ))
-    .ok()?;
-    Some((Principal::from_bytes(value.as_bytes()), cookie))
+    .ok()
 }
 
 /// A copy of a request head, for one more attempt.
@@ -414,17 +413,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_issued_cookie_is_secure_over_tls_and_names_its_principal() {
-        let (p, plain) = issue_cookie("tid", "http").unwrap();
-        let plain = plain.to_str().unwrap();
-        let value = &plain["tid=".len().."tid=".len() + 32];
-        assert_eq!(p, Principal::from_bytes(value.as_bytes()));
+    fn an_issued_cookie_is_secure_over_https_only() {
+        let value = principal::new_cookie_value().unwrap();
+        assert_eq!(value.len(), 32);
+        assert_ne!(value, principal::new_cookie_value().unwrap());
+        let plain = set_cookie("tid", &value, false).unwrap();
         assert_eq!(
-            plain,
+            plain.to_str().unwrap(),
             format!("tid={value}; Path=/; HttpOnly; SameSite=Lax")
         );
-        let (q, tls) = issue_cookie("tid", "https").unwrap();
+        let tls = set_cookie("tid", &value, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
-        assert_ne!(p, q, "two clients got the same value");
     }
 }
