@@ -70,6 +70,20 @@ enum Command {
     },
 }
 
+/// `print!` / `println!` that let a closed stdout (`tether check | head -1`) go instead
+/// of panicking: what was printed is all the reader wanted.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -84,7 +98,7 @@ fn main() -> ExitCode {
             .and_then(|loaded| {
                 logging(log_json || loaded.log_json);
                 raise_open_files();
-                runtime(loaded.workers)?.block_on(serve(&config, loaded))
+                runtime(loaded.workers)?.block_on(serve(&config, loaded, log_json))
             }),
         Command::Demo { listen, admin } => {
             logging(false);
@@ -150,7 +164,7 @@ fn raise_open_files() {
 
 fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    print!("{}: ok\n{}", path.display(), summary(&config));
+    out!("{}: ok\n{}", path.display(), summary(&config));
     Ok(())
 }
 
@@ -166,19 +180,20 @@ fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
     };
     let key = Principal::from_bytes(key.as_bytes()).key();
     match u.table().owner(key) {
-        Some(i) => println!("{}", u.backends[i].id),
+        Some(i) => outln!("{}", u.backends[i].id),
         None => bail!("upstream `{upstream}` has no backends"),
     }
     Ok(())
 }
 
-async fn serve(path: &Path, config: Config) -> Result<()> {
+/// `cli_json`: `--log-json` was given (JSON whatever the file says).
+async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
     // Before anything slow: from here on SIGHUP reloads instead of killing us.
     let mut signals = Signals::new()?;
     let listeners = bind(tether::reload::binds(&config))
         .await
         .with_context(|| path.display().to_string())?;
-    let at_start = StartOnly::of(&config);
+    let at_start = StartOnly::of(&config, cli_json);
     let server = Server::start(Arc::new(Live::new(&config)), listeners);
     info!(config = %path.display(), "tether started");
     notify(&[NotifyState::Ready]);
@@ -241,7 +256,7 @@ async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<()
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");
-    at_start.warn_if_changed(&StartOnly::of(&config));
+    at_start.warn_if_changed(&StartOnly::of(&config, at_start.cli_json));
     Ok(())
 }
 
@@ -249,14 +264,17 @@ async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<()
 /// reload that changes them says they wait for a restart.
 struct StartOnly {
     workers: Option<usize>,
+    /// The format in effect: `--log-json` or the file's.
     log_json: bool,
+    cli_json: bool,
 }
 
 impl StartOnly {
-    fn of(c: &Config) -> StartOnly {
+    fn of(c: &Config, cli_json: bool) -> StartOnly {
         StartOnly {
             workers: c.workers,
-            log_json: c.log_json,
+            log_json: cli_json || c.log_json,
+            cli_json,
         }
     }
 
@@ -345,15 +363,15 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> Result<()> {
         Listener::new(listen, traffic),
         Listener::with_kind(Kind::Admin, admin_addr, admin),
     ];
-    println!("tether demo: three nodes behind tether, placed by user name.\n");
+    outln!("tether demo: three nodes behind tether, placed by user name.\n");
     for n in &nodes {
-        println!("  {}  http://{}", n.name, n.addr);
+        outln!("  {}  http://{}", n.name, n.addr);
     }
-    println!("\nOpen http://{local}/ in a browser, or try:");
-    println!("  curl -s 'http://{local}/info?user=alice'   (always the same node for alice)");
-    println!("Status page: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics");
-    println!("\nThe configuration in use:\n\n{text}");
-    println!("Ctrl-C stops it.");
+    outln!("\nOpen http://{local}/ in a browser, or try:");
+    outln!("  curl -s 'http://{local}/info?user=alice'   (always the same node for alice)");
+    outln!("Status page: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics");
+    outln!("\nThe configuration in use:\n\n{text}");
+    outln!("Ctrl-C stops it.");
     let live = Arc::new(Live::new(&config));
     tether::run(listeners, live, signals.stop()).await;
     for n in nodes {

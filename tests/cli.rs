@@ -38,6 +38,19 @@ fn check_accepts_the_shipped_example_and_summarises_it() {
     }
 }
 
+/// `tether check | head -0`: a reader that went away is not a reason to panic.
+#[test]
+fn check_into_a_closed_pipe_still_exits_0() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "--config", "conf/tether.toml"])
+        .stdout(writer)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn check_reports_file_line_column_and_exits_1() {
     let (_dir, path) = write_config(

@@ -263,7 +263,12 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a != b && a.port() == b.port() && a.port() != 0 && (covers(a, b) || covers(b, a))
 }
 
-fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminConfig, Invalid> {
+fn build_admin(
+    a: Spanned<raw::RawAdmin>,
+    listeners: &[ListenerConfig],
+) -> Result<AdminConfig, Invalid> {
+    let table = a.span();
+    let a = a.into_inner();
     let bind = match &a.bind {
         None => DEFAULT_ADMIN_BIND,
         Some(b) => match b.get_ref().parse::<SocketAddr>() {
@@ -276,10 +281,17 @@ fn build_admin(a: raw::RawAdmin, listeners: &[ListenerConfig]) -> Result<AdminCo
         && listeners
             .iter()
             .any(|l| l.bind == bind || clash(l.bind, bind));
-    if let (Some(b), true) = (&a.bind, shared) {
+    if shared {
+        // The default address has no `bind` to point at: point at the table.
+        let (span, whose) = match &a.bind {
+            Some(b) => (b.span(), "the admin listener"),
+            None => (table, "the admin listener's default address 127.0.0.1:9090"),
+        };
         return invalid(
-            b.span(),
-            "the admin listener cannot share a traffic listener's address (nor its port, where either is a wildcard address)",
+            span,
+            format!(
+                "{whose} cannot share a traffic listener's address (nor its port, where either is a wildcard address); set [admin] bind"
+            ),
         );
     }
     let token = a.token.as_ref().map(|t| t.get_ref().clone());
@@ -422,7 +434,15 @@ fn with_hint(message: &str, line: &str) -> String {
         format!("`{key}` is set twice in one table")
     } else if message.ends_with("expected a string") {
         "write it in quotes: durations like \"5s\", addresses like \"127.0.0.1:8080\"".to_owned()
-    } else if message.starts_with("invalid type: string") && message.contains("expected ") {
+    } else if message.ends_with("expected a sequence") {
+        "write a list: [\"...\", \"...\"]".to_owned()
+    } else if message.ends_with("expected a boolean") {
+        "write true or false, without quotes".to_owned()
+    } else if message.starts_with("invalid type: string")
+        && ["i64", "u64", "f64", "usize", "u32", "u16", "u8"]
+            .iter()
+            .any(|t| message.ends_with(&format!("expected {t}")))
+    {
         "write the number without quotes".to_owned()
     } else {
         return message.to_owned();
@@ -632,6 +652,14 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
                 "{e}"
             );
         }
+        let e = error(&format!(
+            "{GOOD}[[route]]\npath = \"/x\"\nupstream = \"app\"\nprincipal = \"path:2\"\n"
+        ));
+        assert!(e.contains("write a list") && !e.contains("number"), "{e}");
+        let e = error(&format!(
+            "{GOOD}[[route]]\npath = \"/x\"\nupstream = \"app\"\nfollow_socket = \"yes\"\n"
+        ));
+        assert!(e.contains("write true or false"), "{e}");
         let e = error("[[listener]]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n");
         assert!(e.contains("`bind` is set twice"), "{e}");
     }
@@ -689,6 +717,13 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             "t.toml",
         );
         assert!(admin.unwrap_err().to_string().contains("cannot share"));
+        // The default admin address too, pointed at by its table.
+        let default = Config::parse("[[listener]]\nbind = \"0.0.0.0:9090\"\n[admin]\n", "t.toml");
+        let e = default.unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:3:1: the admin listener's default address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct RawConfig {
     pub upstream: BTreeMap<Spanned<String>, RawUpstream>,
     pub drain_timeout: Option<Spanned<String>>,
     pub removal_grace: Option<Spanned<String>>,
-    pub admin: Option<RawAdmin>,
+    pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<RawLog>,
     pub workers: Option<Spanned<i64>>,
 }

@@ -648,7 +648,10 @@ mod tests {
             backend_peer.write_all(&[3, 4, 0x82, 1, 9]).await.unwrap();
             let mut seen = Vec::new();
             let mut buf = [0u8; 64];
-            while !seen.starts_with(&[3, 4, 0x88]) || seen.len() < 4 + usize::from(seen[3]) {
+            while !seen.starts_with(&[3, 4, 0x88])
+                || seen.len() < 4
+                || seen.len() < 4 + usize::from(seen[3])
+            {
                 let n = client_peer.read(&mut buf).await.unwrap();
                 assert!(n > 0, "no Close after the frame: {seen:?}");
                 seen.extend_from_slice(&buf[..n]);
