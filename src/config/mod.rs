@@ -424,14 +424,23 @@ fn line_at(text: &str, offset: usize) -> &str {
 /// The TOML parser's message for a mistake, with what to write instead where the
 /// message alone does not say (`line` is the source line it points at).
 fn with_hint(message: &str, line: &str) -> String {
-    let table = line.trim_matches(|c| c == '[' || c == ']');
-    let hint = if message.starts_with("invalid type: map, expected a sequence") {
-        format!("`[{table}]` is a list: write `[[{table}]]` for each entry")
-    } else if message.starts_with("invalid type: sequence, expected a map") {
-        format!("`[[{table}]]` is a table of named entries: write `[{table}.NAME]`")
+    // A table header (`[x]`, `[[x]]`) or a `key = value` line.
+    let header = line.starts_with('[');
+    let list_header = line.starts_with("[[");
+    let name = line.trim_matches(|c| c == '[' || c == ']').trim();
+    let hint = if header && message == "duplicate key" {
+        format!(
+            "`{name}` is defined twice: write each table once (a list of tables is `[[{name}]]` every time)"
+        )
     } else if message == "duplicate key" {
         let key = line.split('=').next().unwrap_or("").trim();
         format!("`{key}` is set twice in one table")
+    } else if list_header && message.starts_with("invalid type: map, expected a sequence") {
+        format!("`[[{name}]]` makes a list, and this takes one table: write `[{name}]`")
+    } else if header && message.starts_with("invalid type: map, expected a sequence") {
+        format!("`[{name}]` is a list: write `[[{name}]]` for each entry")
+    } else if list_header && message.starts_with("invalid type: sequence, expected a map") {
+        format!("`[[{name}]]` is a table of named entries: write `[{name}.NAME]`")
     } else if message.ends_with("expected a string") {
         "write it in quotes: durations like \"5s\", addresses like \"127.0.0.1:8080\"".to_owned()
     } else if message.ends_with("expected a sequence") {
@@ -660,6 +669,19 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             "{GOOD}[[route]]\npath = \"/x\"\nupstream = \"app\"\nfollow_socket = \"yes\"\n"
         ));
         assert!(e.contains("write true or false"), "{e}");
+        // Inline tables, list headers and repeated headers get their own words.
+        let e = error(&GOOD.replace(
+            "backends = [",
+            "backends = { addr = \"127.0.0.1:1\" }\nx = [",
+        ));
+        assert!(e.ends_with("write a list: [\"...\", \"...\"]"), "{e}");
+        let e = error(&GOOD.replace("[upstream.app]", "[[upstream.app]]"));
+        assert!(e.contains("write `[upstream.app]`"), "{e}");
+        let e = error(&GOOD.replace(
+            "[[listener]]",
+            "[listener]\nbind = \"127.0.0.1:2\"\n[[listener]]",
+        ));
+        assert!(e.contains("`listener` is defined twice"), "{e}");
         let e = error("[[listener]]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n");
         assert!(e.contains("`bind` is set twice"), "{e}");
     }

@@ -14,7 +14,8 @@
 //! Close frame between frames. When the backend's stream ends without a Close frame
 //! (a crashed node), the client is sent Close 1012 before the end of stream, so it
 //! reconnects at once and knows why — unless the client had already sent its own Close,
-//! as it then is leaving anyway. tether never adds a Close frame after a side's own.
+//! as it then is leaving anyway. tether never adds a Close frame to a stream that
+//! already carried one.
 
 use std::cell::RefCell;
 use std::io;
