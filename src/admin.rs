@@ -7,7 +7,7 @@
 //! | `/healthz` | 200 while the process serves |
 //! | `/readyz` | 200 when every upstream has a backend up, else 503 naming those without |
 //! | `/api/backends` | JSON: per upstream and backend: id, address, state, live tunnels, share of the hash space, weight, last change and why; recent events |
-//! | `/api/owner?upstream=U&key=K` | JSON: K's owner now (health and load applied) and when all are up, and the full order |
+//! | `/api/owner?upstream=U&key=K` | JSON: K's owner now (health and load applied) and when all are up, the nodes holding K's live tunnels in placement order, and the full order |
 //! | `/status` | one self-refreshing HTML page over `/api/backends` |
 //!
 //! With a token configured every path but `/healthz` and `/readyz` needs it, as
@@ -80,16 +80,17 @@ fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
     let snap = live.load();
     let path = req.uri().path();
     let open = matches!(path, "/healthz" | "/readyz");
-    if let Some(token) = snap.admin.as_ref().and_then(|a| a.token.as_deref()) {
-        if !open && !authorized(&req, token) {
-            let mut r = text(
-                StatusCode::UNAUTHORIZED,
-                "tether admin: a token is required\n",
-            );
-            r.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
+    if let Some(token) = snap.admin.as_ref().and_then(|a| a.token.as_deref())
+        && !open
+        && !authorized(&req, token)
+    {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "tether admin: a token is required\n",
+        );
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "tether admin: GET only\n");
@@ -244,11 +245,15 @@ fn owner(snap: &Snapshot, live: &Live, query: &str) -> (StatusCode, Value) {
         .candidates(principal.key(), &live.registry)
         .next()
         .map(describe);
-    let sockets: Vec<String> = live
-        .registry
-        .holders(&u.name, principal.key())
-        .iter()
-        .map(|b| b.id.to_string())
+    // In placement order, with health: a `follow_socket` route takes the first up one.
+    let holders = live.registry.holders(&u.name, principal.key());
+    let sockets: Vec<Value> = u
+        .table
+        .order(principal.key())
+        .into_iter()
+        .map(|i| &u.backends[i])
+        .filter(|b| holders.contains(&b.key))
+        .map(describe)
         .collect();
     let all_up = u.owner(principal.key()).map(describe);
     let order = order(u, principal);

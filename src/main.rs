@@ -266,6 +266,7 @@ struct StartOnly {
     workers: Option<usize>,
     /// The format in effect: `--log-json` or the file's.
     log_json: bool,
+    /// `--log-json` was given: JSON whatever a reloaded file says.
     cli_json: bool,
 }
 

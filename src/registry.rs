@@ -10,8 +10,9 @@
 //! - "which tunnels sit on a backend that no longer owns their principal": the
 //!   rebalancer walks [`Registry::entries`];
 //! - bounded load reads [`Registry::load`] and [`Registry::total`] per upstream;
-//! - "where are this principal's tunnels" (a plain request for the principal goes
-//!   there, so a push reaches the socket): [`Registry::holders`].
+//! - "where are this principal's tunnels" (a plain request on a `follow_socket` route
+//!   goes there first, so a push reaches the socket; `/api/owner` lists them):
+//!   [`Registry::holders`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -204,10 +205,12 @@ struct Inner {
     by_key: HashMap<u64, Vec<Holder>>,
 }
 
+/// A backend holding live tunnels of one principal key in one upstream.
 #[derive(Debug)]
 struct Holder {
     upstream: Arc<str>,
     backend: BackendKey,
+    /// How many; the holder is removed when the last closes.
     tunnels: usize,
 }
 
@@ -295,7 +298,11 @@ impl Registry {
             .entry((upstream.clone(), backend.clone()))
             .or_default() += 1;
         *inner.totals.entry(upstream.clone()).or_default() += 1;
-        let holders = inner.by_key.entry(key).or_default();
+        // Nearly always one holder: a vector of one, not the default first growth to 4.
+        let holders = inner
+            .by_key
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1));
         match holders
             .iter_mut()
             .find(|h| h.backend == backend && h.upstream == upstream)

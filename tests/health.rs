@@ -439,7 +439,7 @@ async fn a_push_reaches_the_socket_while_it_sits_away_from_its_returned_owner() 
          follow_socket = true\n\
          [[route]]\npath = \"/\"\nhost = \"poll.test\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
          [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{}\", name = \"b\" }}, {{ addr = \"{dead}\", name = \"c\" }}]\n\
-         rebalance = \"off\"\n[upstream.app.health]\ninterval = \"100ms\"\n",
+         rebalance = \"off\"\n[upstream.app.health]\ninterval = \"100ms\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
         live[0].addr, live[1].addr
     );
     let proxy = Proxy::start(&toml).await;
@@ -466,6 +466,13 @@ async fn a_push_reaches_the_socket_while_it_sits_away_from_its_returned_owner() 
         polled["node"], "c",
         "a route without follow_socket places by owner"
     );
+    // The owner API tells both: where a new socket goes, and where the socket is.
+    let api = format!("/api/owner?upstream=app&key={with_socket}");
+    let (_, _, body) = http(proxy.admin.unwrap(), get("admin", &api, &[])).await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["owner"]["id"], "c", "{answer}");
+    assert_eq!(answer["sockets"][0]["id"], next.as_str(), "{answer}");
+    assert_eq!(answer["sockets"].as_array().unwrap().len(), 1, "{answer}");
     send_text(&mut s, "still here").await;
     assert_eq!(next_text(&mut s).await, "still here");
 

@@ -8,6 +8,7 @@
 //! Defaults live here, next to the key they belong to, and `conf/tether.toml`
 //! documents each one (a test parses that file so it cannot rot).
 
+mod hint;
 mod raw;
 mod route;
 mod summary;
@@ -26,6 +27,7 @@ use toml::Spanned;
 
 use crate::principal::{Fallback, Source};
 use crate::route::HostPattern;
+use hint::{line_at, line_col, with_hint};
 use raw::{RawConfig, RawListener};
 use route::build_routes;
 pub use summary::{human, summary};
@@ -284,21 +286,24 @@ fn build_admin(
     if shared {
         // The default address has no `bind` to point at: point at the table.
         let (span, whose) = match &a.bind {
-            Some(b) => (b.span(), "the admin listener"),
-            None => (table, "the admin listener's default address 127.0.0.1:9090"),
+            Some(b) => (b.span(), "the admin listener".to_owned()),
+            None => (
+                table,
+                format!("the admin listener's default address {DEFAULT_ADMIN_BIND}"),
+            ),
         };
         return invalid(
             span,
             format!(
-                "{whose} cannot share a traffic listener's address (nor its port, where either is a wildcard address); set [admin] bind"
+                "{whose} cannot share a traffic listener's address (nor its port, where either is a wildcard address); choose another [admin] bind"
             ),
         );
     }
     let token = a.token.as_ref().map(|t| t.get_ref().clone());
-    if let Some(t) = &a.token {
-        if t.get_ref().len() < 16 {
-            return invalid(t.span(), "an admin `token` needs at least 16 characters");
-        }
+    if let Some(t) = &a.token
+        && t.get_ref().len() < 16
+    {
+        return invalid(t.span(), "an admin `token` needs at least 16 characters");
     }
     if token.is_none() && !bind.ip().is_loopback() {
         let span = a.bind.as_ref().map_or(0..0, |b| b.span());
@@ -362,13 +367,13 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
             }
         },
     };
-    if let (Some(_), Some(v)) = (&l.tls, &l.redirect_https) {
-        if redirect_https.is_some() {
-            return invalid(
-                v.span(),
-                "`redirect_https` belongs on a plain listener, not a TLS one",
-            );
-        }
+    if let (Some(_), Some(v)) = (&l.tls, &l.redirect_https)
+        && redirect_https.is_some()
+    {
+        return invalid(
+            v.span(),
+            "`redirect_https` belongs on a plain listener, not a TLS one",
+        );
     }
     Ok(ListenerConfig {
         bind,
@@ -411,60 +416,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(ms))
-}
-
-/// The line of `text` that holds byte `offset`, trimmed.
-fn line_at(text: &str, offset: usize) -> &str {
-    let offset = offset.min(text.len());
-    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
-    text[start..end].trim()
-}
-
-/// The TOML parser's message for a mistake, with what to write instead where the
-/// message alone does not say (`line` is the source line it points at).
-fn with_hint(message: &str, line: &str) -> String {
-    // A table header (`[x]`, `[[x]]`) or a `key = value` line.
-    let header = line.starts_with('[');
-    let list_header = line.starts_with("[[");
-    let name = line.trim_matches(|c| c == '[' || c == ']').trim();
-    let hint = if header && message == "duplicate key" {
-        format!(
-            "`{name}` is defined twice: write each table once (a list of tables is `[[{name}]]` every time)"
-        )
-    } else if message == "duplicate key" {
-        let key = line.split('=').next().unwrap_or("").trim();
-        format!("`{key}` is set twice in one table")
-    } else if list_header && message.starts_with("invalid type: map, expected a sequence") {
-        format!("`[[{name}]]` makes a list, and this takes one table: write `[{name}]`")
-    } else if header && message.starts_with("invalid type: map, expected a sequence") {
-        format!("`[{name}]` is a list: write `[[{name}]]` for each entry")
-    } else if list_header && message.starts_with("invalid type: sequence, expected a map") {
-        format!("`[[{name}]]` is a table of named entries: write `[{name}.NAME]`")
-    } else if message.ends_with("expected a string") {
-        "write it in quotes: durations like \"5s\", addresses like \"127.0.0.1:8080\"".to_owned()
-    } else if message.ends_with("expected a sequence") {
-        "write a list: [\"...\", \"...\"]".to_owned()
-    } else if message.ends_with("expected a boolean") {
-        "write true or false, without quotes".to_owned()
-    } else if message.starts_with("invalid type: string")
-        && ["i64", "u64", "f64", "usize", "u32", "u16", "u8"]
-            .iter()
-            .any(|t| message.ends_with(&format!("expected {t}")))
-    {
-        "write the number without quotes".to_owned()
-    } else {
-        return message.to_owned();
-    };
-    format!("{message}: {hint}")
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 #[cfg(test)]
@@ -775,11 +726,5 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
     #[test]
     fn no_listener_is_an_error() {
         assert!(error("").contains("no [[listener]]"));
-    }
-
-    #[test]
-    fn line_col_counts_characters() {
-        assert_eq!(line_col("ab\nçd", 5), (2, 2));
-        assert_eq!(line_col("x", 0), (1, 1));
     }
 }

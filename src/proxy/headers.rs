@@ -204,10 +204,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.scheme));
     }
-    if let Some(host) = f.host {
-        if !headers.contains_key(X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
+    if let Some(host) = f.host
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if !headers.contains_key(X_FORWARDED_PORT)
         && let Some(host) = headers.get(X_FORWARDED_HOST)

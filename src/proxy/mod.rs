@@ -201,13 +201,18 @@ impl Proxy {
             Some(p) => p,
             None => match route.fallback {
                 Fallback::Ip => Principal::from_ip(client),
-                Fallback::Cookie => match principal::new_cookie_value() {
-                    Some(value) => {
+                // The config guarantees a `cookie:` source; without one (or without
+                // randomness) the address is the principal, as with `ip`.
+                Fallback::Cookie => match (
+                    route.principal.iter().find_map(principal::Source::cookie),
+                    principal::new_cookie_value(),
+                ) {
+                    (Some(name), Some(value)) => {
                         let p = Principal::from_bytes(value.as_bytes());
-                        issued = Some(value);
+                        issued = Some((name, value));
                         p
                     }
-                    None => Principal::from_ip(client),
+                    _ => Principal::from_ip(client),
                 },
                 Fallback::Reject => {
                     let expected: Vec<String> =
@@ -234,10 +239,8 @@ impl Proxy {
             // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
             join_cookies(req.headers_mut());
         }
-        let set_cookie = issued.and_then(|value| {
-            let name = route.principal.iter().find_map(principal::Source::cookie)?;
-            set_cookie(name, &value, client_https(req.headers()))
-        });
+        let issued_cookie =
+            issued.and_then(|(name, value)| set_cookie(name, &value, client_https(req.headers())));
 
         let mut resp = match websocket {
             Some(flavor) => {
@@ -254,7 +257,7 @@ impl Proxy {
                     .await?
             }
         };
-        if let Some(cookie) = set_cookie {
+        if let Some(cookie) = issued_cookie {
             resp.headers_mut().append(SET_COOKIE, cookie);
         }
         Ok(resp)
