@@ -39,6 +39,11 @@ impl FromStr for HostPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<HostPattern, String> {
+        if s == "_" || s == "*" || s.is_empty() {
+            return Err(format!(
+                "`{s}` matches no host here: leave `host` out to match every host (nginx's `server_name _`)"
+            ));
+        }
         let usage = "`host` is a name like \"chat.example.com\" or \"*.example.com\" (no port)";
         let (wild, name) = match s.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -72,15 +77,17 @@ impl fmt::Display for HostPattern {
 }
 
 /// The host part of a `Host` header or authority: `[::1]:8080` → `::1`,
-/// `Chat.Example.com:443` → `Chat.Example.com` (matching ignores case).
+/// `Chat.Example.com:443` → `Chat.Example.com` (matching ignores case), and a fully
+/// qualified `a.example.com.` → `a.example.com`, as nginx matches it.
 pub fn host_name(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match authority.rsplit_once(':') {
+    let name = match authority.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
-    }
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Routes with their payload `T`, in configuration order.
@@ -183,6 +190,8 @@ mod tests {
         assert_eq!(host_name("[::1]:8080"), "::1");
         assert_eq!(host_name("[::1]"), "::1");
         assert_eq!(host_name("a.com:x"), "a.com:x");
+        assert_eq!(host_name("a.com.:8080"), "a.com");
+        assert_eq!(host_name("a.com."), "a.com");
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn check_accepts_the_shipped_example_and_summarises_it() {
         "127.0.0.1:8080",
         "routes:",
         "chat.example.com /push/ -> app",
+        "follow socket",
         "upstreams:",
         "share  50.0%",
         "c ",

@@ -218,7 +218,14 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         let span = r.path.span();
         for route in build_routes(r, &upstreams)? {
             if !seen.insert((route.host.clone(), route.path.clone())) {
-                return invalid(span, "another route has the same host and path");
+                let host = route
+                    .host
+                    .as_ref()
+                    .map_or("any host".to_owned(), |h| h.to_string());
+                return invalid(
+                    span,
+                    format!("path `{}` on {host} is routed twice", route.path),
+                );
             }
             routes.push(route);
         }
@@ -578,7 +585,12 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         let e = error(&with("host = 1"));
         assert!(e.contains("a host name or a list of them"), "{e}");
         let e = error(&with(r#"host = ["a.example.com", "a.example.com"]"#));
-        assert!(e.contains("same host and path"), "{e}");
+        assert!(
+            e.contains("path `/` on a.example.com is routed twice"),
+            "{e}"
+        );
+        let e = error(&with(r#"host = "_""#));
+        assert!(e.contains("leave `host` out"), "{e}");
     }
 
     #[test]

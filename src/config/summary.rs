@@ -40,12 +40,17 @@ pub fn summary(c: &Config) -> String {
         let sources: Vec<String> = r.principal.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             s,
-            "  {host} {} -> {}  principal: [{}] else {}  idle: {}",
+            "  {host} {} -> {}  principal: [{}] else {}  idle: {}{}",
             r.path,
             c.upstreams[r.upstream].name,
             sources.join(", "),
             r.fallback,
-            r.idle_timeout.map_or("off".to_owned(), human)
+            r.idle_timeout.map_or("off".to_owned(), human),
+            if r.follow_socket {
+                "  follow socket"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(s, "upstreams:");

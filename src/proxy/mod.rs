@@ -292,7 +292,10 @@ impl Proxy {
 /// over TLS when the client reached the edge over https (tether's TLS listener, or a
 /// trusted outer balancer's `X-Forwarded-Proto`).
 fn set_cookie(name: &str, value: &str, https: bool) -> Option<HeaderValue> {
-    let secure = if https { "; Secure" } else { "" };
+    // Browsers take a `__Secure-` or `__Host-` cookie only with `Secure` (RFC 6265bis
+    // §4.1.3): over plain http it is dropped either way, so set what it requires.
+    let prefixed = name.starts_with("__Secure-") || name.starts_with("__Host-");
+    let secure = if https || prefixed { "; Secure" } else { "" };
     HeaderValue::try_from(format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
     ))
@@ -427,5 +430,11 @@ mod tests {
         );
         let tls = set_cookie("tid", &value, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
+        let host = set_cookie("__Host-tid", &value, false).unwrap();
+        assert!(
+            host.to_str()
+                .unwrap()
+                .ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure")
+        );
     }
 }
