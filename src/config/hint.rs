@@ -57,6 +57,10 @@ fn header_hint(message: &str, (name, list): (&str, bool)) -> Option<String> {
     }
 }
 
+/// Keys of the file's top level, which TOML reads as the last table's when written
+/// after one.
+const TOP_LEVEL: [&str; 3] = ["drain_timeout", "removal_grace", "workers"];
+
 /// A mistake pointed at a `key = value` line: the value has the wrong type.
 fn value_hint(message: &str, line: &str) -> Option<String> {
     let value = line.split_once('=').map_or("", |(_, v)| v.trim());
@@ -64,7 +68,7 @@ fn value_hint(message: &str, line: &str) -> Option<String> {
         let key = line.split('=').next().unwrap_or("").trim();
         return Some(format!("`{key}` is set twice in one table"));
     } else if message.ends_with("expected a string") {
-        "write it in quotes: durations like \"5s\", addresses like \"127.0.0.1:8080\""
+        "write it in quotes: durations with a unit like \"5s\", addresses like \"127.0.0.1:8080\""
     } else if message.ends_with("expected a sequence") && !value.starts_with('[') {
         "write a list: [\"...\", \"...\"]"
     } else if message.ends_with("expected a boolean") {
@@ -74,7 +78,20 @@ fn value_hint(message: &str, line: &str) -> Option<String> {
             .iter()
             .any(|t| message.ends_with(&format!("expected {t}")))
     {
+        // Only where the quoted text is a number: "auto" or "32k" unquoted is no fix.
+        let quoted = message.split('"').nth(1).unwrap_or("");
+        if quoted.parse::<f64>().is_err() {
+            return None;
+        }
         "write the number without quotes"
+    } else if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+        .filter(|k| TOP_LEVEL.contains(k))
+    {
+        return Some(format!(
+            "`{key}` belongs to no table: move it above the file's first [table] (a key written under a table header belongs to that table)"
+        ));
     } else {
         return None;
     };
@@ -126,5 +143,11 @@ mod tests {
             with_hint("duplicate key", "path = \"/\"")
                 .ends_with("`path` is set twice in one table")
         );
+        let auto = "invalid type: string \"auto\", expected usize";
+        assert_eq!(with_hint(auto, "workers = \"auto\""), auto);
+        let two = "invalid type: string \"2\", expected i64";
+        assert!(with_hint(two, "rise = \"2\"").ends_with("without quotes"));
+        let stray = "unknown field `workers`, expected one of `backends`";
+        assert!(with_hint(stray, "workers = 1").contains("move it above the file's first [table]"));
     }
 }

@@ -609,7 +609,7 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             (
                 "[upstream.a]\nbackends = [\"127.0.0.1:1\"]\nconnect_timeout = 5\n",
                 "5:19",
-                "durations like \"5s\"",
+                "durations with a unit like \"5s\"",
             ),
             (
                 "[upstream.a]\nbackends = [\"127.0.0.1:1\"]\n[upstream.a.health]\nrise = \"2\"\n",
@@ -647,6 +647,19 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         assert!(e.contains("`listener` is defined twice"), "{e}");
         let e = error("[[listener]]\nbind = \"127.0.0.1:1\"\nbind = \"127.0.0.1:2\"\n");
         assert!(e.contains("`bind` is set twice"), "{e}");
+    }
+
+    #[test]
+    fn backend_and_idle_mistakes_say_what_to_write() {
+        let e = error(&GOOD.replace("\"127.0.0.1:9001\"", "\"http://127.0.0.1:9001\""));
+        assert!(e.contains("without a scheme"), "{e}");
+        let e = error(&GOOD.replace("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 weight=2\""));
+        assert!(e.contains("{ addr = "), "{e}");
+        let e = error(&GOOD.replace(
+            "fallback = \"ip\"",
+            "fallback = \"ip\"\nidle_timeout = \"0s\"",
+        ));
+        assert!(e.contains("or \"off\" for no idle timeout"), "{e}");
     }
 
     #[test]

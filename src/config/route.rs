@@ -104,7 +104,10 @@ pub(super) fn build_routes(
     let idle_timeout = match &r.idle_timeout {
         None => Some(DEFAULT_IDLE_TIMEOUT),
         Some(s) if s.get_ref() == "off" => None,
-        Some(s) => Some(duration(s)?),
+        Some(s) => Some(duration(s).map_err(|mut e| {
+            e.message.push_str(", or \"off\" for no idle timeout");
+            e
+        })?),
     };
     let follow_socket = r.follow_socket.unwrap_or(false);
     let path = r.path.into_inner();

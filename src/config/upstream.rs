@@ -225,6 +225,15 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a);
     }
+    if addr.contains("://") {
+        return Err("a backend is host:port, without a scheme: \"10.0.0.5:8080\"".into());
+    }
+    if addr.contains(char::is_whitespace) {
+        return Err(
+            "a backend is host:port; a name or weight goes in a table: { addr = \"10.0.0.5:8080\", weight = 2 }"
+                .into(),
+        );
+    }
     if !addr.contains(':') {
         return Err("needs a port, e.g. \"10.0.0.5:8080\"".into());
     }
