@@ -70,18 +70,29 @@ enum Command {
     },
 }
 
-/// `print!` / `println!` that let a closed stdout (`tether check | head -1`) go instead
-/// of panicking: what was printed is all the reader wanted.
+/// `print!` / `println!` through [`emit`].
 macro_rules! out {
-    ($($t:tt)*) => {{
-        let _ = write!(std::io::stdout(), $($t)*);
-    }};
+    ($($t:tt)*) => {
+        emit(format_args!($($t)*))
+    };
 }
 
 macro_rules! outln {
-    ($($t:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($t)*);
-    }};
+    ($($t:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// Writes to stdout. A reader that went away (`tether check | head -1`) is not an
+/// error, what was printed is all it wanted; any other failure (a full disk) ends
+/// tether with status 1 rather than a panic.
+fn emit(args: std::fmt::Arguments) {
+    if let Err(e) = std::io::stdout().write_fmt(args)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = writeln!(std::io::stderr(), "cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() -> ExitCode {
@@ -392,4 +403,24 @@ async fn bind(binds: impl IntoIterator<Item = (Kind, SocketAddr)>) -> Result<Vec
         out.push(Listener::with_kind(kind, bind, socket));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_format_change_is_judged_by_the_format_in_effect() {
+        let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n";
+        let plain = Config::parse(text, "t").unwrap();
+        let json = Config::parse(&format!("{text}[log]\nformat = \"json\"\n"), "t").unwrap();
+        // --log-json: JSON from the start, whatever the file says later.
+        let cli = StartOnly::of(&plain, true);
+        assert_eq!(cli.log_json, StartOnly::of(&json, true).log_json);
+        // Without it the file decides, and a change is one.
+        assert_ne!(
+            StartOnly::of(&plain, false).log_json,
+            StartOnly::of(&json, false).log_json
+        );
+    }
 }

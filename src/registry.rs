@@ -450,8 +450,13 @@ mod tests {
         let t2 = r.register(app.clone(), "r".into(), key("a"), 7, None);
         let t3 = r.register(app.clone(), "r".into(), key("b"), 7, None);
         let t4 = r.register(other.clone(), "r".into(), key("c"), 7, None);
+        // The same backend under another upstream is another holder.
+        let t5 = r.register(other.clone(), "r".into(), key("a"), 7, None);
         assert_eq!(ids(r.holders("app", 7)), ["a", "b"]);
+        assert_eq!(ids(r.holders("other", 7)), ["a", "c"]);
+        drop(t5);
         assert_eq!(ids(r.holders("other", 7)), ["c"]);
+        assert_eq!(ids(r.holders("app", 7)), ["a", "b"]);
         assert!(r.holders("app", 8).is_empty());
         drop(t1);
         assert_eq!(ids(r.holders("app", 7)), ["a", "b"], "a still holds one");

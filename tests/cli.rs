@@ -52,6 +52,22 @@ fn check_into_a_closed_pipe_still_exits_0() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Any other failure to write the output is one: `tether check > /dev/full`.
+#[test]
+fn check_into_a_full_disk_exits_1() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "--config", "conf/tether.toml"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No space left on device"));
+}
+
 #[test]
 fn check_reports_file_line_column_and_exits_1() {
     let (_dir, path) = write_config(

@@ -666,10 +666,10 @@ mod tests {
         assert_eq!(pump.totals().1, 6);
     }
 
-    /// A side that has sent its Close gets nothing more from tether: not the Close a
-    /// tether-initiated close would add (idle, shutdown, backend down).
+    /// A side that has received its peer's Close gets no second one from tether (idle,
+    /// shutdown, backend down), in either direction.
     #[tokio::test]
-    async fn close_adds_nothing_after_a_sides_own_close() {
+    async fn close_adds_nothing_after_a_peers_close() {
         let (client, mut client_peer) = duplex(1024);
         let (backend, mut backend_peer) = duplex(1024);
         let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
@@ -696,6 +696,33 @@ mod tests {
             (Vec::new(), Vec::new()),
             "frames after a Close"
         );
+    }
+
+    /// A side that sent its own Close and waits for the reply gets tether's Close as that
+    /// reply; the silent peer, which has received a Close already, gets nothing more.
+    #[tokio::test]
+    async fn a_side_waiting_for_its_close_reply_gets_tethers() {
+        let (client, mut client_peer) = duplex(1024);
+        let (backend, mut backend_peer) = duplex(1024);
+        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let from_client = close_frame(1000, "cli", Some([1, 2, 3, 4]));
+        client_peer.write_all(&from_client).await.unwrap();
+        let mut b = vec![0u8; from_client.len()];
+        tokio::select! {
+            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
+            r = backend_peer.read_exact(&mut b) => { r.unwrap(); }
+        }
+        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
+        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
+            .await;
+        let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        assert_eq!(
+            &to_client[..4],
+            &[0x88, (to_client.len() - 2) as u8, 0x03, 0xe9]
+        );
+        assert!(to_backend.is_empty(), "{to_backend:?}");
     }
 
     /// A client that has started the closing handshake is not told "service restart"

@@ -335,6 +335,8 @@ mod tests {
         assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
         assert_eq!(get(&h, "x-real-ip"), Some("192.0.2.1"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        // So an untrusted client cannot make an issued cookie `Secure`.
+        assert!(!client_https(&h));
         assert_eq!(get(&h, "x-forwarded-host"), Some("chat.example.com:8080"));
         assert_eq!(get(&h, "x-forwarded-port"), Some("8080"));
         assert_eq!(get(&h, "host"), Some("chat.example.com:8080"));
