@@ -72,7 +72,7 @@ pub(super) fn build_routes(
                 let Some(name) = principal.iter().find_map(Source::cookie) else {
                     return invalid(
                         f.span(),
-                        "`fallback = \"cookie\"` sets the route's first `cookie:NAME` source; add one, e.g. principal = [\"cookie:tether\"]",
+                        "`fallback = \"cookie\"` sets the route's first `cookie:NAME` source; add one, e.g. principal = [\"cookie:TETHER\"]",
                     );
                 };
                 if APP_SESSION_COOKIES
@@ -126,8 +126,9 @@ pub(super) fn build_routes(
 }
 
 /// Session cookies that application frameworks set themselves (Java servlets, Spring
-/// Session, PHP, Express, ASP.NET, Django, Rails): never ones for tether to issue.
-const APP_SESSION_COOKIES: [&str; 7] = [
+/// Session, PHP, Express, ASP.NET, Django, Rails, Laravel, CodeIgniter): never ones
+/// for tether to issue. A guard against the common mistake, not a complete list.
+const APP_SESSION_COOKIES: [&str; 9] = [
     "JSESSIONID",
     "SESSION",
     "PHPSESSID",
@@ -135,6 +136,8 @@ const APP_SESSION_COOKIES: [&str; 7] = [
     "ASP.NET_SessionId",
     "sessionid",
     "_session_id",
+    "laravel_session",
+    "ci_session",
 ];
 
 /// An RFC 6265 cookie-name: an RFC 9110 token.
