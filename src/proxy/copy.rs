@@ -465,13 +465,39 @@ mod tests {
     use std::future::poll_fn;
     use tokio::io::duplex;
 
+    type Peer = tokio::io::DuplexStream;
+
+    /// A pump between two in-memory pipes, and their far ends: the client, the backend.
+    fn pumped() -> (Pump<Peer, Peer>, Peer, Peer) {
+        let (client, client_peer) = duplex(1024);
+        let (backend, backend_peer) = duplex(1024);
+        let pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        (pump, client_peer, backend_peer)
+    }
+
+    /// Ends both peers' sending, closes `pump` from tether's side with the given codes,
+    /// and returns what the client and the backend received from then on.
+    async fn closed_with(
+        pump: &mut Pump<Peer, Peer>,
+        mut client_peer: Peer,
+        mut backend_peer: Peer,
+        to_client: Option<u16>,
+        to_backend: Option<u16>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
+        pump.close(to_client, to_backend, Duration::from_secs(5))
+            .await;
+        let (mut got_client, mut got_backend) = (Vec::new(), Vec::new());
+        client_peer.read_to_end(&mut got_client).await.unwrap();
+        backend_peer.read_to_end(&mut got_backend).await.unwrap();
+        (got_client, got_backend)
+    }
+
     /// Both Close frames seen and the client gone: the tunnel ends, but not before the
     /// rest of a backend Close frame whose header has already passed.
     #[tokio::test]
     async fn a_close_frame_split_across_reads_is_passed_on_whole() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let task = tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.unwrap() });
 
         let reply = close_frame(1000, "bye", None);
@@ -553,9 +579,7 @@ mod tests {
     /// Close (what `tether_tunnels_closed{reason}` and the access log report).
     #[tokio::test]
     async fn a_backend_that_vanishes_between_frames_leaves_a_1012() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let task = tokio::spawn(async move {
             let _ = poll_fn(|cx| pump.poll(cx)).await;
             pump.closed_by()
@@ -579,9 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backend_that_vanishes_mid_frame_is_not_patched_up() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let task =
             tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
         backend_peer
@@ -598,9 +620,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_sends_close_frames_between_frames_only() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         // A complete frame from the backend, half a frame from the client.
         backend_peer.write_all(&[0x81, 1, b'x']).await.unwrap();
         client_peer
@@ -614,17 +634,12 @@ mod tests {
                 r.unwrap();
             }
         }
-        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
-        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
-            .await;
-        let mut to_client = Vec::new();
-        client_peer.read_to_end(&mut to_client).await.unwrap();
+        let (to_client, to_backend) =
+            closed_with(&mut pump, client_peer, backend_peer, Some(1001), Some(1001)).await;
         assert_eq!(
             &to_client[..4],
             &[0x88, (to_client.len() - 2) as u8, 0x03, 0xe9]
         );
-        let mut to_backend = Vec::new();
-        backend_peer.read_to_end(&mut to_backend).await.unwrap();
         assert!(
             to_backend.is_empty(),
             "a Close frame was injected mid-frame: {to_backend:?}"
@@ -635,9 +650,7 @@ mod tests {
     /// finish, then the Close goes, and not a byte of the next frame is taken.
     #[tokio::test]
     async fn close_finishes_the_frame_in_flight_then_sends_its_close() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         backend_peer.write_all(&[0x82, 4, 1, 2]).await.unwrap();
         let mut got = [0u8; 4];
         tokio::select! {
@@ -670,9 +683,7 @@ mod tests {
     /// shutdown, backend down), in either direction.
     #[tokio::test]
     async fn close_adds_nothing_after_a_peers_close() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let from_backend = close_frame(1000, "srv", None);
         let from_client = close_frame(1000, "cli", Some([1, 2, 3, 4]));
         backend_peer.write_all(&from_backend).await.unwrap();
@@ -685,12 +696,8 @@ mod tests {
                 r.unwrap();
             }
         }
-        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
-        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
-            .await;
-        let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
-        client_peer.read_to_end(&mut to_client).await.unwrap();
-        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        let (to_client, to_backend) =
+            closed_with(&mut pump, client_peer, backend_peer, Some(1001), Some(1001)).await;
         assert_eq!(
             (to_client, to_backend),
             (Vec::new(), Vec::new()),
@@ -702,9 +709,7 @@ mod tests {
     /// reply; the silent peer, which has received a Close already, gets nothing more.
     #[tokio::test]
     async fn a_side_waiting_for_its_close_reply_gets_tethers() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let from_client = close_frame(1000, "cli", Some([1, 2, 3, 4]));
         client_peer.write_all(&from_client).await.unwrap();
         let mut b = vec![0u8; from_client.len()];
@@ -712,12 +717,8 @@ mod tests {
             _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
             r = backend_peer.read_exact(&mut b) => { r.unwrap(); }
         }
-        drop((client_peer.shutdown().await, backend_peer.shutdown().await));
-        pump.close(Some(1001), Some(1001), Duration::from_secs(5))
-            .await;
-        let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
-        client_peer.read_to_end(&mut to_client).await.unwrap();
-        backend_peer.read_to_end(&mut to_backend).await.unwrap();
+        let (to_client, to_backend) =
+            closed_with(&mut pump, client_peer, backend_peer, Some(1001), Some(1001)).await;
         assert_eq!(
             &to_client[..4],
             &[0x88, (to_client.len() - 2) as u8, 0x03, 0xe9]
@@ -730,9 +731,7 @@ mod tests {
     /// stream, as it would without tether.
     #[tokio::test]
     async fn a_closing_client_gets_no_1012_when_the_backend_vanishes() {
-        let (client, mut client_peer) = duplex(1024);
-        let (backend, mut backend_peer) = duplex(1024);
-        let mut pump = Pump::new(client, Bytes::new(), backend, Bytes::new());
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
         let task =
             tokio::spawn(async move { poll_fn(|cx| pump.poll(cx)).await.map_err(|f| f.side) });
         let close = close_frame(1000, "", Some([1, 2, 3, 4]));
