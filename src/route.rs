@@ -39,11 +39,20 @@ impl FromStr for HostPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<HostPattern, String> {
-        if s == "_" || s == "*" || s.is_empty() {
-            return Err(format!(
-                "`{s}` matches no host here: leave `host` out to match every host (nginx's `server_name _`)"
-            ));
+        if s.is_empty() {
+            return Err(
+                "an empty host name matches nothing: leave `host` out to match every host"
+                    .to_owned(),
+            );
         }
+        if s == "_" || s == "*" {
+            return Err(
+                "this matches no host here: leave `host` out to match every host (nginx's `server_name _`)"
+                    .to_owned(),
+            );
+        }
+        // A fully qualified name (`a.example.com.`) is the same name, as in requests.
+        let s = s.strip_suffix('.').unwrap_or(s);
         let usage = "`host` is a name like \"chat.example.com\" or \"*.example.com\" (no port)";
         let (wild, name) = match s.strip_prefix("*.") {
             Some(rest) => (true, rest),

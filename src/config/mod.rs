@@ -144,7 +144,7 @@ impl Config {
             }
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or("", |s| line_at(text, s.start));
+            let line = e.span().map_or(("", ""), |s| line_at(text, s.start));
             at(e.span(), with_hint(e.message().trim(), line))
         })?;
         build(raw).map_err(|Invalid { span, message }| at(Some(span), message))
@@ -590,7 +590,17 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             "{e}"
         );
         let e = error(&with(r#"host = "_""#));
-        assert!(e.contains("leave `host` out"), "{e}");
+        assert!(
+            e.contains("leave `host` out") && !e.contains("`_`: `_`"),
+            "{e}"
+        );
+        let e = error(&with("host = \"\""));
+        assert!(e.contains("an empty host name"), "{e}");
+        let fqdn = Config::parse(&with(r#"host = "a.example.com.""#), "t").unwrap();
+        assert_eq!(
+            fqdn.routes[0].host.as_ref().unwrap().to_string(),
+            "a.example.com"
+        );
     }
 
     #[test]
@@ -655,6 +665,8 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         assert!(e.contains("without a scheme"), "{e}");
         let e = error(&GOOD.replace("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 weight=2\""));
         assert!(e.contains("{ addr = "), "{e}");
+        let e = error(&GOOD.replace("\"127.0.0.1:9001\"", "\"127.0.0.1:9001 \""));
+        assert!(e.contains("remove the spaces"), "{e}");
         let e = error(&GOOD.replace(
             "fallback = \"ip\"",
             "fallback = \"ip\"\nidle_timeout = \"0s\"",

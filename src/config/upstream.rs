@@ -228,6 +228,9 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
     if addr.contains("://") {
         return Err("a backend is host:port, without a scheme: \"10.0.0.5:8080\"".into());
     }
+    if addr.trim() != addr {
+        return Err("remove the spaces around the address".into());
+    }
     if addr.contains(char::is_whitespace) {
         return Err(
             "a backend is host:port; a name or weight goes in a table: { addr = \"10.0.0.5:8080\", weight = 2 }"

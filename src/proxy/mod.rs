@@ -290,11 +290,13 @@ impl Proxy {
 /// config's check). A session cookie for the whole site, out of scripts' reach, sent
 /// on top-level navigation from other sites (`Lax`, the browsers' default), and only
 /// over TLS when the client reached the edge over https (tether's TLS listener, or a
-/// trusted outer balancer's `X-Forwarded-Proto`).
+/// trusted outer balancer's `X-Forwarded-Proto`) or the name's prefix demands it.
 fn set_cookie(name: &str, value: &str, https: bool) -> Option<HeaderValue> {
     // Browsers take a `__Secure-` or `__Host-` cookie only with `Secure` (RFC 6265bis
     // §4.1.3): over plain http it is dropped either way, so set what it requires.
-    let prefixed = name.starts_with("__Secure-") || name.starts_with("__Host-");
+    // Matched without regard to case, as browsers now do (RFC 6265bis).
+    let lower = name.to_ascii_lowercase();
+    let prefixed = lower.starts_with("__secure-") || lower.starts_with("__host-");
     let secure = if https || prefixed { "; Secure" } else { "" };
     HeaderValue::try_from(format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
@@ -430,7 +432,7 @@ mod tests {
         );
         let tls = set_cookie("tid", &value, true).unwrap();
         assert!(tls.to_str().unwrap().ends_with("; SameSite=Lax; Secure"));
-        let host = set_cookie("__Host-tid", &value, false).unwrap();
+        let host = set_cookie("__host-tid", &value, false).unwrap();
         assert!(
             host.to_str()
                 .unwrap()
