@@ -1,6 +1,7 @@
 //! A real browser (headless Chromium, over the DevTools protocol) through tether:
 //! the demo page over https with HTTP/2, a `wss://` WebSocket that reaches its
-//! principal's owner and echoes.
+//! principal's owner and echoes; a cookie tether issues pins the browser from its
+//! first page on.
 
 mod common;
 
@@ -66,5 +67,66 @@ async fn wss_through_tether_in_headless_chromium() {
     let shot = std::env::temp_dir().join("tether-wss-demo.png");
     browser.screenshot(&shot).await;
     eprintln!("screenshot: {}", shot.display());
+    proxy.stop().await;
+}
+
+/// `fallback = "cookie"` in a real browser: the first page load gets tether's cookie
+/// (HttpOnly, so read through the DevTools protocol), and the page, its WebSocket and
+/// its later requests all reach the cookie's owner — where a Spring-like app would
+/// have made the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issued_cookie_pins_a_browser_from_its_first_page_on() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let nodes = nodes(&["node-a", "node-b", "node-c"]).await;
+    let toml = config(
+        &nodes,
+        "principal = [\"cookie:tid\"]\nfallback = \"cookie\"",
+        "",
+    );
+    let proxy = Proxy::start(&toml).await;
+    browser
+        .navigate(&format!("http://127.0.0.1:{}/#connect", proxy.addr.port()))
+        .await;
+    browser
+        .wait_for("document.getElementById('log').textContent.includes('echo:')")
+        .await;
+    let cookies = browser
+        .call("Network.getCookies", serde_json::json!({}))
+        .await;
+    let tid = cookies["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tid")
+        .unwrap_or_else(|| panic!("no tid cookie: {cookies}"));
+    assert_eq!(tid["httpOnly"], true);
+    let value = tid["value"].as_str().unwrap();
+    let owner = proxy
+        .live
+        .load()
+        .upstream("app")
+        .unwrap()
+        .owner(Principal::from_bytes(value.as_bytes()).key())
+        .unwrap()
+        .id
+        .to_string();
+    let page = browser
+        .eval("document.querySelector('p b').textContent")
+        .await;
+    let socket = browser
+        .eval("document.querySelector('#table td + td').textContent")
+        .await;
+    assert_eq!(
+        (page.as_str(), socket.as_str()),
+        (Some(&*owner), Some(&*owner))
+    );
+    for _ in 0..5 {
+        let node = browser
+            .eval("fetch('/info').then(r => r.json()).then(j => j.node)")
+            .await;
+        assert_eq!(node.as_str(), Some(&*owner));
+    }
     proxy.stop().await;
 }
