@@ -59,6 +59,17 @@ const BAD: &[(&str, &[u8], &str)] = &[
         "HTTP/1.1 405",
     ),
     (
+        // Else the name would match no host route and fall through to a catch-all.
+        "a Host with a port that is not a number",
+        b"GET /ws HTTP/1.1\r\nHost: chat.example.com:abc\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        "a Host with an empty label",
+        b"GET /ws HTTP/1.1\r\nHost: chat..example.com\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
         "unrouted host",
         b"GET / HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
         "HTTP/1.1 404",

@@ -201,7 +201,8 @@ impl ResolvesServerCert for SniResolver {
         let Some(name) = hello.server_name() else {
             return Some(self.default.clone());
         };
-        let name = name.to_ascii_lowercase();
+        // A fully qualified `a.example.com.` is `a.example.com`, as routing takes it.
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
         if let Some(k) = self.exact.get(&name) {
             return Some(k.clone());
         }

@@ -405,12 +405,43 @@ fn request_host(req: &mut Request<Incoming>) -> Result<Option<HeaderValue>, Prox
     }
 }
 
-/// `uri-host [":" port]` (RFC 3986 §3.2.2): a registered name, an IPv4 address or a
-/// bracketed IPv6 literal, as characters; no userinfo, path, query or spaces.
+/// `uri-host [":" port]` (RFC 3986 §3.2.2): a registered name or IPv4 address with no
+/// empty label (one trailing dot allowed), or a bracketed IPv6 literal; a port, if
+/// any, of digits up to 65535 (empty is allowed, as the RFC allows it). No userinfo,
+/// path, query or spaces. Anything else is a 400 rather than a name that matches no
+/// host route and falls through to a catch-all one.
 fn is_host(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(b))
+    let (host, port) = match v.iter().rposition(|&b| b == b':') {
+        // A colon before a `]` belongs to an IPv6 literal.
+        Some(i) if !v[i..].contains(&b']') => (&v[..i], Some(&v[i + 1..])),
+        _ => (v, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(p)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .is_some_and(|n| n <= 65535))
+    });
+    let host_ok = match host.strip_prefix(b"[") {
+        Some(rest) => rest.strip_suffix(b"]").is_some_and(|literal| {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b":.%-_~".contains(b))
+        }),
+        None => {
+            let name = host.strip_suffix(b".").unwrap_or(host);
+            !name.is_empty()
+                && name.split(|&b| b == b'.').all(|label| !label.is_empty())
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b))
+        }
+    };
+    host_ok && port_ok
 }
 
 /// Header fields a request may carry (hyper's HTTP/1 limit, applied to HTTP/2 too).
@@ -419,6 +450,40 @@ const MAX_HEADERS: usize = 100;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_names_or_literals_with_a_numeric_port() {
+        for good in [
+            "a.example.com",
+            "a.example.com:8080",
+            "a.example.com:",
+            "a.example.com.",
+            "A.Example.COM",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "localhost",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a.example.com:abc",
+            "a.example.com:-1",
+            "a.example.com:80:80",
+            "a.example.com:99999",
+            "x..b.example.com",
+            ".a.example.com",
+            "a b",
+            "user@a.example.com",
+            "a.example.com/x",
+            "[::1",
+            "[]",
+            "[::1]x",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn an_issued_cookie_is_secure_over_https_only() {
