@@ -475,6 +475,24 @@ mod tests {
         (pump, client_peer, backend_peer)
     }
 
+    /// Runs `pump` until the client has read `to_client` bytes and the backend
+    /// `to_backend`; the pump must not end meanwhile.
+    async fn passed(
+        pump: &mut Pump<Peer, Peer>,
+        client_peer: &mut Peer,
+        to_client: usize,
+        backend_peer: &mut Peer,
+        to_backend: usize,
+    ) {
+        let (mut a, mut b) = (vec![0u8; to_client], vec![0u8; to_backend]);
+        tokio::select! {
+            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
+            r = async { tokio::try_join!(client_peer.read_exact(&mut a), backend_peer.read_exact(&mut b)) } => {
+                r.unwrap();
+            }
+        }
+    }
+
     /// Ends both peers' sending, closes `pump` from tether's side with the given codes,
     /// and returns what the client and the backend received from then on.
     async fn closed_with(
@@ -627,13 +645,7 @@ mod tests {
             .write_all(&[0x81, 0x85, 1, 2, 3, 4, 0])
             .await
             .unwrap();
-        let (mut a, mut b) = ([0u8; 3], [0u8; 7]);
-        tokio::select! {
-            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
-            r = async { tokio::try_join!(client_peer.read_exact(&mut a), backend_peer.read_exact(&mut b)) } => {
-                r.unwrap();
-            }
-        }
+        passed(&mut pump, &mut client_peer, 3, &mut backend_peer, 7).await;
         let (to_client, to_backend) =
             closed_with(&mut pump, client_peer, backend_peer, Some(1001), Some(1001)).await;
         assert_eq!(
@@ -688,14 +700,8 @@ mod tests {
         let from_client = close_frame(1000, "cli", Some([1, 2, 3, 4]));
         backend_peer.write_all(&from_backend).await.unwrap();
         client_peer.write_all(&from_client).await.unwrap();
-        let mut a = vec![0u8; from_backend.len()];
-        let mut b = vec![0u8; from_client.len()];
-        tokio::select! {
-            _ = poll_fn(|cx| pump.poll(cx)) => panic!("the pump ended"),
-            r = async { tokio::try_join!(client_peer.read_exact(&mut a), backend_peer.read_exact(&mut b)) } => {
-                r.unwrap();
-            }
-        }
+        let (up, down) = (from_client.len(), from_backend.len());
+        passed(&mut pump, &mut client_peer, down, &mut backend_peer, up).await;
         let (to_client, to_backend) =
             closed_with(&mut pump, client_peer, backend_peer, Some(1001), Some(1001)).await;
         assert_eq!(
