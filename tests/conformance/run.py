@@ -6,7 +6,10 @@ kosoku (PyPI) runs Autobahn's own case files under Python 3, so no Python 2 or D
 Each case must pass as it does without tether (OK, NON-STRICT or INFORMATIONAL for the
 exchange and the close). Prints "<mode>: N cases passed" per run; exits 1 on a failure.
 
-usage: python3 run.py /path/to/tether   (tests/conformance.rs runs it)
+usage: python3 run.py /path/to/tether       both ways, as above
+       python3 run.py --server-at ws://H:P  only the fuzzing client, against a server
+                                            someone else runs (tether over HTTP/2)
+(tests/conformance.rs runs both)
 """
 
 import asyncio
@@ -77,23 +80,29 @@ def report(mode, results, failure, log):
     for r in (r for r in failure.results if not r.passed):
         print(f"FAIL {mode} {r.case_id}: {r.behavior} / {r.behavior_close}: "
               f"{r.result} / {r.result_close}", flush=True)
-    print("tether log:\n" + "\n".join(log[-50:]), flush=True)
+    if log:
+        print("tether log:\n" + "\n".join(log[-50:]), flush=True)
     return False
+
+
+async def fuzz_server_at(url, log):
+    results, failure = [], None
+    try:
+        results = await asyncio.wait_for(
+            run_fuzzingclient(url, CASES, EXCLUDE, concurrency=2), 10 * PATIENCE)
+    except FailureError as e:
+        failure = e
+    return report("fuzzingclient", results, failure, log)
 
 
 async def through_tether_to_ws_server(binary, workdir):
     echo, m, _ = await spawn("node", str(HERE / "peers.mjs"), "echo", ready=r"listening (\d+)")
     proxy, port, log = await tether(binary, int(m.group(1)), workdir)
-    results, failure = [], None
     try:
-        results = await asyncio.wait_for(
-            run_fuzzingclient(f"ws://127.0.0.1:{port}", CASES, EXCLUDE, concurrency=2), 10 * PATIENCE)
-    except FailureError as e:
-        failure = e
+        return await fuzz_server_at(f"ws://127.0.0.1:{port}", log)
     finally:
         await stop(proxy)
         await stop(echo)
-    return report("fuzzingclient", results, failure, log)
 
 
 async def ws_client_through_tether(binary, workdir):
@@ -120,4 +129,6 @@ async def main(binary):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--server-at":
+        sys.exit(0 if asyncio.run(fuzz_server_at(sys.argv[2], [])) else 1)
     sys.exit(asyncio.run(main(sys.argv[1])))
