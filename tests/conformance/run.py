@@ -112,7 +112,9 @@ async def ws_client_through_tether(binary, workdir):
         try:
             client = await asyncio.create_subprocess_exec(
                 "node", str(HERE / "peers.mjs"), "client", f"ws://127.0.0.1:{port}", "tether")
-            await asyncio.wait_for(client.wait(), 10 * PATIENCE)
+            if await asyncio.wait_for(client.wait(), 10 * PATIENCE) != 0:
+                print(f"FAIL fuzzingserver: the ws client exited {client.returncode}", flush=True)
+                return False
             results = await asyncio.wait_for(server.get_result(), PATIENCE)
         except FailureError as e:
             failure = e
