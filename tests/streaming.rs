@@ -1,5 +1,6 @@
-//! Bodies stream: 100 MiB up and 100 MiB down through the real binary while its peak
-//! resident memory stays far below the body size.
+//! Bodies and tunnels stream: 100 MiB up and 100 MiB down through the real binary while
+//! its peak resident memory stays far below the body size, and a WebSocket client that
+//! reads nothing holds its backend back instead of filling tether's memory.
 
 mod common;
 
@@ -67,6 +68,34 @@ async fn a_100_mib_upload_and_download_stream_through_in_bounded_memory() {
     assert!(
         peak_kb < 48 * 1024,
         "tether's peak RSS was {peak_kb} kB for 100 MiB bodies"
+    );
+    tether.signal("TERM");
+    assert!(tether.wait_exit().success());
+}
+
+/// A client that stops reading (a phone on a bad network) while its node pushes: tether
+/// holds at most a buffer of it, so the backend's writes stall until the client reads
+/// again — as TCP would without a proxy — and tether's memory stays flat. Then the
+/// client reads, and every byte arrives.
+#[tokio::test]
+async fn a_websocket_client_that_reads_nothing_holds_back_its_backend_not_tethers_memory() {
+    let (backend, mut done) = flooding_backend().await;
+    let (_dir, path) = write_config(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{backend}\"]\n"
+    ));
+    let mut tether = Binary::spawn(&["run", "--config", &path]);
+    let addr = tether.wait_listening();
+    let (mut client, head) = raw_head(addr, upgrade_request("/ws").as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    assert_held_back(&mut done, &mut client).await;
+
+    let peak_kb = tether.proc_status_kb("VmHWM:");
+    eprintln!("tether peak RSS after a 200 MiB message to a stalled client: {peak_kb} kB");
+    assert!(
+        peak_kb < 48 * 1024,
+        "tether's peak RSS was {peak_kb} kB for a stalled client"
     );
     tether.signal("TERM");
     assert!(tether.wait_exit().success());

@@ -589,6 +589,16 @@ async fn h2_ws(
     port: u16,
     path: &str,
 ) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let stream = h2_connect(h2, port, path).await;
+    WebSocketStream::from_raw_socket(stream, Role::Client, None).await
+}
+
+/// The byte stream of an extended CONNECT (`:protocol = websocket`) to `path`.
+async fn h2_connect(
+    h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    port: u16,
+    path: &str,
+) -> TokioIo<hyper::upgrade::Upgraded> {
     let req = Request::connect(format!("https://chat.example.com:{port}{path}"))
         .header("sec-websocket-version", "13")
         .extension(Protocol::from_static("websocket"))
@@ -596,8 +606,7 @@ async fn h2_ws(
         .unwrap();
     let mut resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200, "extended CONNECT to {path}");
-    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
-    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+    TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap())
 }
 
 /// tether with a TLS listener (`header_timeout` if given) in front of node "a", and
@@ -718,33 +727,12 @@ async fn http2_upgrades_a_backend_did_not_really_accept_are_502s() {
 
 /// A backend that accepts WebSocket upgrades and then never reads.
 async fn stalling_ws_backend() -> SocketAddr {
-    use tokio::io::AsyncReadExt;
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut s, _)) = l.accept().await {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("sec-websocket-key")
-                        .then(|| value.trim().to_owned())
-                })
-                .unwrap_or_default();
-            let answer = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                 Sec-WebSocket-Accept: {}\r\n\r\n",
-                derive_accept_key(key.as_bytes())
-            );
-            if s.write_all(answer.as_bytes()).await.is_ok() {
+            if answer_upgrade(&mut s).await {
                 held.push(s);
             }
         }
@@ -794,6 +782,27 @@ async fn stalled_http2_websockets_hold_back_only_themselves() {
         Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "through"),
         other => panic!("the healthy stream is blocked: {other:?}"),
     }
+    proxy.stop().await;
+}
+
+/// The other direction: a WebSocket client on HTTP/2 that reads nothing while its
+/// backend pushes. tether sends only what the stream's flow-control window allows and
+/// reads from the backend no faster, so the backend's writes stall rather than tether's
+/// memory filling; once the client reads, every byte arrives.
+#[tokio::test]
+async fn an_http2_websocket_that_reads_nothing_holds_back_its_backend() {
+    let (flood, mut done) = flooding_backend().await;
+    let (pki, proxy, _nodes) = tls_proxy(
+        None,
+        &format!(
+            "\n[[route]]\npath = \"/flood\"\nupstream = \"flood\"\n\
+             [upstream.flood]\nbackends = [\"{flood}\"]\n"
+        ),
+    )
+    .await;
+    let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
+    let mut stream = h2_connect(&mut h2, port, "/flood").await;
+    assert_held_back(&mut done, &mut stream).await;
     proxy.stop().await;
 }
 

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -609,4 +610,103 @@ pub fn upgrades_ok(proxy: &Proxy, protocol: &'static str) -> u64 {
         result: "ok".into(),
     };
     proxy.live.metrics.upgrades.get_or_create(&labels).get()
+}
+
+/// One binary message this long: far more than the kernel's socket buffers on the way
+/// (a few MiB each) can hold, so only tether's own memory could take it all in.
+pub const FLOOD: u64 = 200 * 1024 * 1024;
+
+/// A WebSocket backend that answers each upgrade and then sends one FLOOD-byte binary
+/// message as fast as its socket takes it; reports on `done` once all is written.
+pub async fn flooding_backend() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, done) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if !answer_upgrade(&mut s).await {
+                    return;
+                }
+                let mut header = vec![0x82, 127];
+                header.extend_from_slice(&FLOOD.to_be_bytes());
+                let chunk = vec![7u8; 64 * 1024];
+                let sent = async {
+                    s.write_all(&header).await?;
+                    for _ in 0..FLOOD / chunk.len() as u64 {
+                        s.write_all(&chunk).await?;
+                    }
+                    std::io::Result::Ok(())
+                };
+                if sent.await.is_ok() {
+                    let _ = tx.send(()).await;
+                }
+            });
+        }
+    });
+    (addr, done)
+}
+
+/// Reads a WebSocket upgrade request from `s` and answers it 101 with its accept key;
+/// false if the peer left first (health probes connect and leave without a request).
+pub async fn answer_upgrade(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    s.write_all(answer.as_bytes()).await.is_ok()
+}
+
+/// With [`flooding_backend`]: its writes cannot finish while `client` reads nothing;
+/// once it reads, every byte of the message arrives and the backend finishes.
+pub async fn assert_held_back(
+    done: &mut tokio::sync::mpsc::Receiver<()>,
+    client: &mut (impl AsyncRead + Unpin),
+) {
+    // The time under test, not a wait for an event: taken in by tether, 200 MiB would
+    // be written in well under 2 s (0.1 s over HTTP/1.1, 0.6 s over HTTP/2 when the
+    // client reads at once); held back, never.
+    let stalled = tokio::time::timeout(Duration::from_secs(2), done.recv()).await;
+    assert!(
+        stalled.is_err(),
+        "the backend wrote {FLOOD} bytes to a client that read none"
+    );
+    drain(client, 10 + FLOOD as usize).await;
+    tokio::time::timeout(PATIENCE, done.recv())
+        .await
+        .expect("the backend never finished once the client read");
+}
+
+/// Reads and discards `total` bytes from `s`; fails if it ends first or stalls for
+/// PATIENCE.
+async fn drain(s: &mut (impl AsyncRead + Unpin), total: usize) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < total {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("the rest did not come")
+            .unwrap();
+        assert!(n > 0, "the stream ended after {got} of {total} bytes");
+        got += n;
+    }
 }
