@@ -43,13 +43,17 @@ fn prerequisites() -> bool {
         .args(["-c", "import kosoku"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let has_ws = here().join("../interop/node_modules/ws").exists();
+    let has_ws = here().join("../interop/node_modules/ws").exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !has_kosoku || !has_ws {
         assert!(
             std::env::var("TETHER_REQUIRE_CONFORMANCE").is_err(),
-            "needs `pip install kosoku` (found: {has_kosoku}) and `npm ci` in tests/interop (found: {has_ws})"
+            "needs `pip install kosoku` (found: {has_kosoku}), node and `npm ci` in tests/interop (found: {has_ws})"
         );
-        eprintln!("skipped: needs `pip install kosoku` and `npm ci` in tests/interop");
+        eprintln!("skipped: needs `pip install kosoku`, node and `npm ci` in tests/interop");
     }
     has_kosoku && has_ws
 }
@@ -63,7 +67,7 @@ fn run_py(args: &[&str], modes: &[&str]) {
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
     for mode in modes {
         let passed: usize = stdout
             .lines()
@@ -131,6 +135,8 @@ async fn autobahn_cases_pass_over_http2_websockets() {
     })
     .await
     .unwrap();
+    // Every case's connection was closed end to end: no tunnel outlives its client.
+    eventually(|| async { proxy.live.registry.is_empty().then_some(()) }).await;
     proxy.stop().await;
 }
 

@@ -79,7 +79,7 @@ async fn a_100_mib_upload_and_download_stream_through_in_bounded_memory() {
 /// client reads, and every byte arrives.
 #[tokio::test]
 async fn a_websocket_client_that_reads_nothing_holds_back_its_backend_not_tethers_memory() {
-    let (backend, mut done) = flooding_backend().await;
+    let (backend, mut flood) = flooding_backend().await;
     let (_dir, path) = write_config(&format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
          [upstream.app]\nbackends = [\"{backend}\"]\n"
@@ -89,7 +89,7 @@ async fn a_websocket_client_that_reads_nothing_holds_back_its_backend_not_tether
     let (mut client, head) = raw_head(addr, upgrade_request("/ws").as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
-    assert_held_back(&mut done, &mut client).await;
+    assert_held_back(&mut flood, &mut client).await;
 
     let peak_kb = tether.proc_status_kb("VmHWM:");
     eprintln!("tether peak RSS after a 200 MiB message to a stalled client: {peak_kb} kB");

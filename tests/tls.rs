@@ -791,18 +791,18 @@ async fn stalled_http2_websockets_hold_back_only_themselves() {
 /// memory filling; once the client reads, every byte arrives.
 #[tokio::test]
 async fn an_http2_websocket_that_reads_nothing_holds_back_its_backend() {
-    let (flood, mut done) = flooding_backend().await;
+    let (backend, mut flood) = flooding_backend().await;
     let (pki, proxy, _nodes) = tls_proxy(
         None,
         &format!(
             "\n[[route]]\npath = \"/flood\"\nupstream = \"flood\"\n\
-             [upstream.flood]\nbackends = [\"{flood}\"]\n"
+             [upstream.flood]\nbackends = [\"{backend}\"]\n"
         ),
     )
     .await;
     let (mut h2, port, _conn) = h2_client(&proxy, &pki).await;
     let mut stream = h2_connect(&mut h2, port, "/flood").await;
-    assert_held_back(&mut done, &mut stream).await;
+    assert_held_back(&mut flood, &mut stream).await;
     proxy.stop().await;
 }
 

@@ -32,6 +32,10 @@ if (mode === 'echo') {
 } else if (mode === 'client') {
   let count = 0;
   await session(`${url}/getCaseCount`, (ws) => ws.on('message', (m) => { count = Number(m); }));
+  if (!(count > 0)) {
+    console.error(`no case count from ${url}/getCaseCount`);
+    process.exit(1);
+  }
   for (let i = 1; i <= count; i++) {
     await session(`${url}/runCase?case=${i}&agent=${agent}`, echo);
   }
