@@ -1,7 +1,7 @@
-//! A real browser (headless Chromium, over the DevTools protocol) through tether:
-//! the demo page over https with HTTP/2, a `wss://` WebSocket that reaches its
-//! principal's owner and echoes; a cookie tether issues pins the browser from its
-//! first page on.
+//! Real browsers through tether (headless Chromium over the DevTools protocol, headless
+//! Firefox over Marionette): the demo page over https with HTTP/2, a `wss://` WebSocket
+//! that reaches its principal's owner and echoes; a cookie tether issues pins the
+//! browser from its first page on.
 
 mod common;
 
@@ -12,9 +12,22 @@ use tether::principal::Principal;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_through_tether_in_headless_chromium() {
-    let Some(mut browser) = Browser::launch().await else {
-        return;
-    };
+    if let Some(browser) = Browser::launch().await {
+        wss_demo_over_h2(browser, "chromium").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_through_tether_in_headless_firefox() {
+    if let Some(browser) = Browser::firefox().await {
+        wss_demo_over_h2(browser, "firefox").await;
+    }
+}
+
+/// The demo page over https through a TLS listener: its `wss://` message echoes from
+/// the node placement names, the page came over h2, and the WebSocket was an RFC 8441
+/// stream on that connection. Saves a screenshot.
+async fn wss_demo_over_h2(mut browser: Browser, name: &str) {
     let pki = Pki::new();
     let leaf = pki.leaf("default", &["localhost"]);
     let nodes = nodes(&["node-a", "node-b", "node-c"]).await;
@@ -60,11 +73,11 @@ async fn wss_through_tether_in_headless_chromium() {
         .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
         .await;
     assert_eq!(protocol, "h2");
-    // Chromium opened its WebSocket on that connection with an extended CONNECT
+    // The browser opened its WebSocket on that connection with an extended CONNECT
     // (RFC 8441), which tether answered 200 and tunnelled to the HTTP/1.1 node.
     assert_eq!(upgrades_ok(&proxy, "h2"), 1);
     assert_eq!(upgrades_ok(&proxy, "http/1.1"), 0);
-    let shot = std::env::temp_dir().join("tether-wss-demo.png");
+    let shot = std::env::temp_dir().join(format!("tether-wss-demo-{name}.png"));
     browser.screenshot(&shot).await;
     eprintln!("screenshot: {}", shot.display());
     proxy.stop().await;

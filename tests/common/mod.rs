@@ -350,30 +350,12 @@ impl Binary {
 
     /// [`Binary::spawn`] with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Binary {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(args)
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(args)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break; // closing the pipe: see `close_output`
-                    }
-                }
-            });
-        }
+            .envs(env.iter().copied());
+        // Reading stops when `lines` is dropped: see `close_output`.
+        let (child, rx) = spawn_lines(&mut cmd, false);
         Binary {
             child,
             lines: rx,
@@ -515,6 +497,38 @@ impl Drop for Binary {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts `cmd` with stdout and stderr piped; every line of either comes on the
+/// receiver. With `drain`, both pipes are read to their end even once the receiver is
+/// gone (a browser must not block on a full pipe or die on a closed one); without, a
+/// pipe is closed at the first line nobody receives.
+pub fn spawn_lines(
+    cmd: &mut std::process::Command,
+    drain: bool,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() && !drain {
+                    break;
+                }
+            }
+        });
+    }
+    (child, rx)
 }
 
 /// Writes `text` to a fresh temporary file and returns its directory guard and path.
