@@ -4,8 +4,8 @@
 //! A request calls [`Live::load`] once and uses that `Arc<Snapshot>` to the end, so it
 //! never sees half of two configurations. A new configuration is compiled into a
 //! complete new snapshot beside the current one and swapped in whole. State that must
-//! survive a swap (backend health) lives in the [`HealthTable`], keyed by backend id,
-//! and each snapshot holds `Arc`s into it.
+//! survive a swap (backend health, pooled keep-alive connections) lives in [`Lasting`],
+//! keyed by backend, and each snapshot holds `Arc`s into it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use crate::principal::{Fallback, Source};
 use crate::registry::Registry;
 use crate::route::Router;
 use crate::upstream::Upstream;
-use crate::upstream::health::HealthTable;
+use crate::upstream::health::Lasting;
 
 /// One compiled configuration.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ pub struct Route {
 impl Snapshot {
     /// Compiles `config`. Infallible: everything that can be wrong was rejected when
     /// the `Config` was parsed.
-    pub fn build(config: &Config, health: &HealthTable) -> Snapshot {
+    pub fn build(config: &Config, lasting: &Lasting) -> Snapshot {
         let routes = config
             .routes
             .iter()
@@ -77,7 +77,7 @@ impl Snapshot {
             upstreams: config
                 .upstreams
                 .iter()
-                .map(|u| Upstream::build(u, health))
+                .map(|u| Upstream::build(u, lasting))
                 .collect(),
             drain_timeout: config.drain_timeout,
             removal_grace: config.removal_grace,
@@ -95,12 +95,12 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot plus the state that outlives it: backend health, the live
-/// tunnels, and the signals the background tasks (probes, rebalancer) wait on.
+/// The current snapshot plus the state that outlives it: backend health and pooled
+/// connections, the live tunnels, and the signals the background tasks (probes, rebalancer) wait on.
 #[derive(Debug)]
 pub struct Live {
     current: ArcSwap<Snapshot>,
-    health: HealthTable,
+    lasting: Lasting,
     pub registry: Arc<Registry>,
     /// Bumped on every swap; the probe supervisor follows it.
     generation: watch::Sender<u64>,
@@ -124,11 +124,11 @@ const EVENTS_KEPT: usize = 50;
 
 impl Live {
     pub fn new(config: &Config) -> Live {
-        let health = HealthTable::default();
-        let snapshot = Snapshot::build(config, &health);
+        let lasting = Lasting::default();
+        let snapshot = Snapshot::build(config, &lasting);
         Live {
             current: ArcSwap::from_pointee(snapshot),
-            health,
+            lasting,
             registry: Arc::new(Registry::default()),
             generation: watch::Sender::new(0),
             rebalance: Notify::new(),
@@ -178,7 +178,7 @@ impl Live {
 
     /// Compiles `config` beside the current snapshot, then swaps it in.
     pub fn replace(&self, config: &Config) {
-        let next = Snapshot::build(config, &self.health);
+        let next = Snapshot::build(config, &self.lasting);
         self.current.store(Arc::new(next));
         self.generation.send_modify(|g| *g += 1);
         self.poke_rebalancer();

@@ -30,6 +30,34 @@ async fn backend_connections_are_pooled_across_client_connections() {
     proxy.stop().await;
 }
 
+/// A reload keeps the pooled connections to the backends it keeps, as Envoy keeps an
+/// unchanged cluster's pool; a backend whose timeouts change gets a fresh pool.
+#[tokio::test]
+async fn a_reload_keeps_pooled_connections_to_the_backends_it_keeps() {
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let connection = || async {
+        let (status, _, body) = http(proxy.addr, get("t", "/info", &[])).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["connection"].as_u64().unwrap()
+    };
+    let reload = |toml: String| {
+        let config = tether::config::Config::parse(&toml, "test.toml").unwrap();
+        proxy.live.replace(&config);
+    };
+    let first = connection().await;
+    reload(config(&nodes, "", "") + "[[route]]\npath = \"/api\"\nupstream = \"app\"\n");
+    assert_eq!(
+        connection().await,
+        first,
+        "the reload dropped the pooled connection"
+    );
+    reload(config(&nodes, "", "keepalive_timeout = \"3s\""));
+    assert_ne!(connection().await, first, "new timeouts, same pool");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_connection_carries_many_requests() {
     let nodes = nodes(&["a"]).await;

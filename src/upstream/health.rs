@@ -10,13 +10,16 @@
 //! Down means: skipped for new connections, its tunnels closed (by the caller, on the
 //! transition), and probed until `rise` successes. The counter has no I/O and no clock;
 //! callers pass the time. [`Health`] wraps it for sharing, keyed by backend id and
-//! address in a [`HealthTable`] so a reload that keeps a backend keeps its state.
+//! address in [`Lasting`] so a reload that keeps a backend keeps its state (and its
+//! pooled keep-alive connections).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+use super::HttpClient;
 
 /// Milliseconds since the first call in this process: a cheap monotonic clock that fits
 /// in an atomic.
@@ -179,27 +182,55 @@ impl Health {
     }
 }
 
-/// Every live [`Health`], by `(id, address)`. Entries die with the last snapshot that
-/// uses them.
+/// Per-backend state that outlives a reload: every live [`Health`], by `(id, address)`,
+/// and every pooled keep-alive client, by address and timeouts. Snapshots hold `Arc`s;
+/// an entry dies with the last snapshot that uses it.
 #[derive(Debug, Default)]
-pub struct HealthTable {
-    entries: Mutex<HashMap<(String, SocketAddr), Weak<Health>>>,
+pub struct Lasting {
+    health: Mutex<HashMap<(String, SocketAddr), Weak<Health>>>,
+    clients: Mutex<HashMap<(SocketAddr, Duration, Duration), Weak<HttpClient>>>,
 }
 
-impl HealthTable {
+impl Lasting {
     /// The state for this backend: the existing one if a current snapshot has it, else
     /// a new one starting `up` or not.
-    pub fn get(&self, id: &str, addr: SocketAddr, up: bool) -> Arc<Health> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, w| w.strong_count() > 0);
-        let key = (id.to_owned(), addr);
-        if let Some(h) = entries.get(&key).and_then(Weak::upgrade) {
-            return h;
-        }
-        let h = Arc::new(Health::new(up));
-        entries.insert(key, Arc::downgrade(&h));
-        h
+    pub fn health(&self, id: &str, addr: SocketAddr, up: bool) -> Arc<Health> {
+        shared(&self.health, (id.to_owned(), addr), || Health::new(up))
     }
+
+    /// The pooled client for `addr`: the current snapshot's when the timeouts are the
+    /// same, so a reload keeps the keep-alive connections to the backends it keeps (as
+    /// Envoy keeps an unchanged cluster's pool), else one `build` makes.
+    pub fn client(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        keepalive_timeout: Duration,
+        build: impl FnOnce() -> HttpClient,
+    ) -> Arc<HttpClient> {
+        shared(
+            &self.clients,
+            (addr, connect_timeout, keepalive_timeout),
+            build,
+        )
+    }
+}
+
+/// The live value under `key` in `map`, or a new one `make` makes (entries no snapshot
+/// holds any more are dropped on the way).
+fn shared<K: Eq + std::hash::Hash, V>(
+    map: &Mutex<HashMap<K, Weak<V>>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    let mut entries = map.lock().unwrap_or_else(|p| p.into_inner());
+    entries.retain(|_, w| w.strong_count() > 0);
+    if let Some(v) = entries.get(&key).and_then(Weak::upgrade) {
+        return v;
+    }
+    let v = Arc::new(make());
+    entries.insert(key, Arc::downgrade(&v));
+    v
 }
 
 #[cfg(test)]
@@ -279,20 +310,20 @@ mod tests {
 
     #[test]
     fn table_shares_state_while_a_snapshot_holds_it() {
-        let t = HealthTable::default();
+        let t = Lasting::default();
         let addr = "127.0.0.1:1".parse().unwrap();
-        let a = t.get("a", addr, true);
+        let a = t.health("a", addr, true);
         assert!(
-            Arc::ptr_eq(&a, &t.get("a", addr, false)),
+            Arc::ptr_eq(&a, &t.health("a", addr, false)),
             "existing state wins"
         );
         assert!(!Arc::ptr_eq(
             &a,
-            &t.get("a", "127.0.0.1:2".parse().unwrap(), true)
+            &t.health("a", "127.0.0.1:2".parse().unwrap(), true)
         ));
         drop(a);
         assert!(
-            !t.get("a", addr, false).is_up(),
+            !t.health("a", addr, false).is_up(),
             "a fresh state after the last user left"
         );
     }

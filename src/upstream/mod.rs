@@ -32,7 +32,7 @@ use crate::balance::{Table, Walk};
 use crate::config::{UpstreamConfig, human};
 use crate::proxy::RetryBody;
 use crate::registry::{BackendKey, Registry};
-use health::{Health, HealthTable};
+use health::{Health, Lasting};
 
 pub type HttpClient = Client<HttpConnector, RetryBody>;
 
@@ -55,27 +55,33 @@ pub struct Backend {
     /// `http://addr` — the authority the pooled client keys its connections by.
     base: String,
     connect_timeout: Duration,
-    client: HttpClient,
+    client: Arc<HttpClient>,
 }
 
 impl Upstream {
-    pub fn build(config: &UpstreamConfig, health: &HealthTable) -> Upstream {
+    pub fn build(config: &UpstreamConfig, lasting: &Lasting) -> Upstream {
         let backends = config
             .backends
             .iter()
             .map(|b| {
-                let connector = connector(config.connect_timeout);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(config.keepalive_timeout)
-                    .build(connector);
+                let client = lasting.client(
+                    b.addr,
+                    config.connect_timeout,
+                    config.keepalive_timeout,
+                    || {
+                        Client::builder(TokioExecutor::new())
+                            .pool_timer(TokioTimer::new())
+                            .pool_idle_timeout(config.keepalive_timeout)
+                            .build(connector(config.connect_timeout))
+                    },
+                );
                 let id: Arc<str> = b.id.as_str().into();
                 Backend {
                     key: BackendKey::new(id.clone(), b.addr),
                     id,
                     addr: b.addr,
                     weight: b.weight,
-                    health: health.get(&b.id, b.addr, config.health.start_up),
+                    health: lasting.health(&b.id, b.addr, config.health.start_up),
                     base: format!("http://{}", b.addr),
                     connect_timeout: config.connect_timeout,
                     client,
@@ -249,7 +255,7 @@ mod tests {
         );
         let config = Config::parse(&text, "t").unwrap();
         (
-            Upstream::build(&config.upstreams[0], &HealthTable::default()),
+            Upstream::build(&config.upstreams[0], &Lasting::default()),
             Arc::new(Registry::default()),
         )
     }
@@ -330,7 +336,7 @@ mod tests {
             listener.local_addr().unwrap()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let u = Upstream::build(&config.upstreams[0], &HealthTable::default());
+        let u = Upstream::build(&config.upstreams[0], &Lasting::default());
         let stream = u.backends[0].connect().await.unwrap();
         assert!(stream.nodelay().unwrap());
     }
