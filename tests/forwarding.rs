@@ -27,6 +27,9 @@ async fn host_with_port_and_forwarding_headers_reach_the_backend() {
         ("x-forwarded-host", "evil.example"),
         ("x-forwarded-proto", "https"),
         ("forwarded", "for=6.6.6.6"),
+        // Not set by tether, but believed by apps (Spring, Rack): dropped as well.
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-prefix", "/admin"),
     ];
     let http_seen = seen_http(&proxy, "chat.example.com:8080", &spoof).await;
     let (_ws, ws_seen) = ws(proxy.addr, "/ws?u=1", &spoof).await;
@@ -43,6 +46,8 @@ async fn host_with_port_and_forwarding_headers_reach_the_backend() {
         assert_eq!(header(seen, "x-forwarded-host"), Some(host));
         assert_eq!(header(seen, "x-forwarded-port"), Some(port));
         assert_eq!(header(seen, "forwarded"), None);
+        assert_eq!(header(seen, "x-forwarded-ssl"), None);
+        assert_eq!(header(seen, "x-forwarded-prefix"), None);
     }
     // The upgrade reached the backend as an upgrade.
     assert_eq!(header(&ws_seen, "upgrade"), Some("websocket"));
@@ -75,12 +80,21 @@ async fn a_trusted_proxy_extends_the_chain_and_sets_the_client() {
     // The ip fallback places by the real client, not by the balancer in front.
     let snap = proxy.live.load();
     let app = snap.upstream("app").unwrap();
-    for client in ["203.0.113.9", "198.51.100.4", "192.0.2.77", "203.0.113.200"] {
+    // A balancer may write the hop with its port; the address still counts.
+    let seen = seen_http(&proxy, "a", &[("x-forwarded-for", "192.0.2.77:4444")]).await;
+    assert_eq!(header(&seen, "x-real-ip"), Some("192.0.2.77"));
+    for (hop, client) in [
+        ("203.0.113.9", "203.0.113.9"),
+        ("198.51.100.4", "198.51.100.4"),
+        ("192.0.2.77:4444", "192.0.2.77"),
+        ("[2001:db8::5]:1234", "2001:db8::5"),
+        ("203.0.113.200", "203.0.113.200"),
+    ] {
         let want = app
             .owner(tether::principal::Principal::from_bytes(client.as_bytes()).key())
             .unwrap();
-        let got = http_node(proxy.addr, "/info", &[("x-forwarded-for", client)]).await;
-        assert_eq!(got, &*want.id, "{client}");
+        let got = http_node(proxy.addr, "/info", &[("x-forwarded-for", hop)]).await;
+        assert_eq!(got, &*want.id, "{hop}");
     }
     proxy.stop().await;
 }

@@ -15,10 +15,10 @@
 //!   the default of `X-Forwarded-Proto` (likewise). That is what apps rebuild URLs and
 //!   check `Origin` with; the local listener port may differ behind NAT.
 //! - The client address (for `X-Real-IP` and the `ip` principal) is the peer, or for a
-//!   trusted peer the right-most address in `X-Forwarded-For` that is not itself a
-//!   trusted proxy (nginx's `real_ip_recursive on`).
+//!   trusted peer the right-most address in `X-Forwarded-For` (a hop may carry a port)
+//!   that is not itself a trusted proxy (nginx's `real_ip_recursive on`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use hyper::header::{
     CONNECTION, COOKIE, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
@@ -122,17 +122,24 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpNet], headers: &HeaderMap) -> IpAddr
     let mut client = peer;
     // Walk the chain right to left; every hop we pass must itself be trusted.
     for entry in forwarded_for(headers).rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !is_trusted(ip, trusted) {
-                    break;
-                }
-            }
-            Err(_) => break,
+        let Some(ip) = hop_ip(entry) else { break };
+        client = ip;
+        if !is_trusted(ip, trusted) {
+            break;
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` hop: an address, with a port where a balancer writes one
+/// (`203.0.113.5:4444`, `[2001:db8::1]:1234`; Azure's gateway does), read as nginx
+/// reads it.
+fn hop_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -181,14 +188,17 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             HeaderValue::from_str(&text).ok()
         }
     } else {
-        for n in [
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            X_FORWARDED_PORT,
-            FORWARDED,
-        ] {
+        // Every `X-Forwarded-*`, not only those tether sets: apps believe others too
+        // (`-Ssl` and `-Prefix`: Spring's ForwardedHeaderFilter, Rack).
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-forwarded-"))
+            .cloned()
+            .collect();
+        for n in spoofed {
             headers.remove(n);
         }
+        headers.remove(FORWARDED);
         Some(peer.clone())
     };
     if let Some(v) = xff {
@@ -319,6 +329,9 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-real-ip", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
         ]);
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         let client = client_ip(peer, &[], &h);
@@ -341,6 +354,13 @@ mod tests {
         assert_eq!(get(&h, "x-forwarded-port"), Some("8080"));
         assert_eq!(get(&h, "host"), Some("chat.example.com:8080"));
         assert_eq!(get(&h, "forwarded"), None);
+        for gone in [
+            "x-forwarded-ssl",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+        ] {
+            assert_eq!(get(&h, gone), None, "{gone}");
+        }
     }
 
     #[test]
@@ -390,6 +410,16 @@ mod tests {
             client_ip(peer, &trusted, &all_trusted).to_string(),
             "10.9.9.9"
         );
+        // Hops written with a port, as some balancers do.
+        for (chain, want) in [
+            ("203.0.113.5:4444", "203.0.113.5"),
+            ("[2001:db8::1]:1234", "2001:db8::1"),
+            ("[2001:db8::2]", "2001:db8::2"),
+            ("203.0.113.5:4444, 10.1.1.1:80", "203.0.113.5"),
+        ] {
+            let h = map(&[("x-forwarded-for", chain)]);
+            assert_eq!(client_ip(peer, &trusted, &h).to_string(), want, "{chain}");
+        }
         // An untrusted peer's chain is ignored entirely.
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(client_ip(other, &trusted, &spoofed), other);
