@@ -13,9 +13,11 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use hyper::Uri;
 use hyper::header::{COOKIE, HeaderMap, HeaderName};
@@ -84,9 +86,15 @@ impl Principal {
         self.0
     }
 
-    /// Eight hex digits, safe to log: the top 32 bits of the key hash.
+    /// Eight hex digits, safe to log: 32 bits of the key hash passed through a keyed
+    /// hash whose key this process drew at random. The key hash alone is public (an
+    /// app computes placement from it), so its own bits would let anyone holding a log
+    /// recover a client address or a user id by hashing candidates; with the secret key
+    /// they cannot. The price: fingerprints differ between processes (and restarts).
+    /// `/api/owner?key=...` names a key's fingerprint in the running process.
     pub fn fingerprint(self) -> Fingerprint {
-        Fingerprint((self.0 >> 32) as u32)
+        static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+        Fingerprint((KEY.hash_one(self.0) >> 32) as u32)
     }
 }
 
@@ -337,6 +345,23 @@ mod tests {
         assert_eq!(f.len(), 8);
         assert!(!f.contains("secret"));
         assert!(!format!("{:?}", Principal::from_bytes(b"secret")).contains("secret"));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_but_not_the_public_hash() {
+        // The public hash's top bits would let a log reader test guesses (every IPv4
+        // address, a list of user ids); the keyed fingerprint must not be them.
+        let keys: Vec<Principal> = (0..64)
+            .map(|i| Principal::from_ip(IpAddr::from([10, 0, 0, i])))
+            .collect();
+        let public = keys
+            .iter()
+            .filter(|p| p.fingerprint().0 == (p.key() >> 32) as u32)
+            .count();
+        assert_eq!(public, 0, "fingerprints are the unkeyed hash");
+        for p in &keys {
+            assert_eq!(p.fingerprint(), p.fingerprint());
+        }
     }
 
     #[test]
