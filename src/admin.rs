@@ -3,7 +3,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/metrics` | Prometheus/OpenMetrics text (metrics.rs) |
+//! | `/metrics` | Prometheus text, or OpenMetrics when asked for (metrics.rs) |
 //! | `/healthz` | 200 while the process serves |
 //! | `/readyz` | 200 when every upstream has a backend up, else 503 naming those without |
 //! | `/api/backends` | JSON: per upstream and backend: id, address, state, live tunnels, share of the hash space, weight, last change and why; recent events |
@@ -23,7 +23,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION,
+    WWW_AUTHENTICATE,
 };
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::listener::{Listener, Settings, configure, http1};
+use crate::metrics::Format;
 use crate::principal::Principal;
 use crate::proxy::Body;
 use crate::shutdown::Shutdown;
@@ -93,18 +95,19 @@ fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
         return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "tether admin: GET only\n");
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "tether admin: GET only\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&snap),
         "/metrics" => {
-            let body = live.metrics.encode(&snap, &live.registry);
-            respond(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
-            )
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let body = live.metrics.encode(&snap, &live.registry, format);
+            respond(StatusCode::OK, format.content_type(), body)
         }
         "/api/backends" => json_response(StatusCode::OK, backends(&snap, live)),
         "/api/owner" => {
@@ -138,8 +141,10 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
     let query = || {
         form_urlencoded::parse(req.uri().query()?.as_bytes())
             .find(|(k, _)| k == "token")
@@ -319,6 +324,10 @@ mod tests {
             t
         ));
         assert!(authorized(&req("/status?token=0123456789abcdef", None), t));
+        assert!(authorized(
+            &req("/metrics", Some("bearer 0123456789abcdef")),
+            t
+        ));
         assert!(!authorized(
             &req("/metrics", Some("Bearer 0123456789abcdeX")),
             t

@@ -4,8 +4,10 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,8 +58,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, short)]
         upstream: String,
-        /// The principal's value, decoded (e.g. the user id, the cookie value).
-        key: String,
+        /// The principal's value, decoded (e.g. the user id, the cookie value); any
+        /// bytes, as the proxy takes them.
+        #[arg(allow_hyphen_values = true)]
+        key: OsString,
     },
     /// Start three demo nodes on loopback and tether in front of them.
     Demo {
@@ -163,13 +167,16 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
 /// Every connection is a file descriptor (two for a tunnel): raise the soft limit to
 /// the hard one, and say so.
 fn raise_open_files() {
-    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(0);
+    let (before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(now) if now > before => info!(from = before, to = now, "raised the open-file limit"),
-        Ok(now) => info!(limit = now, "open-file limit"),
-        Err(e) => warn!(error = %e, limit = before, "cannot raise the open-file limit"),
+        Ok(now) if now > before => info!(
+            soft = now,
+            hard,
+            was = before,
+            "raised the soft open-file limit to the hard limit"
+        ),
+        Ok(now) => info!(soft = now, hard, "open-file limit"),
+        Err(e) => warn!(error = %e, soft = before, hard, "cannot raise the open-file limit"),
     }
 }
 
@@ -179,7 +186,10 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn owner(path: &Path, upstream: &str, key: &str) -> Result<()> {
+fn owner(path: &Path, upstream: &str, key: &OsStr) -> Result<()> {
+    if key.is_empty() {
+        bail!("KEY is empty; tether never places by an empty value (the route's fallback applies)");
+    }
     let config = Config::load(path)?;
     let Some(u) = config.upstream(upstream) else {
         let known: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();

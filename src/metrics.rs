@@ -7,6 +7,8 @@
 //! tunnel registry, so a backend removed by a reload simply stops appearing.
 //! Labels carry route labels and backend ids from the configuration, never a principal.
 
+use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::registry::Registry as Tunnels;
@@ -68,6 +69,11 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
 /// Every `reason` of `tether_tunnels_closed` (tunnel.rs names them).
 pub const CLOSE_REASONS: &[&str] = &[
     "client",
@@ -76,7 +82,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "backend-down",
     "rebalance",
     "shutdown",
-    "removed",
+    "reload",
     "client-error",
     "backend-error",
 ];
@@ -150,14 +156,15 @@ impl Metrics {
             "Configuration reloads, by result",
             m.reloads.clone(),
         );
-        registry.register(
-            "build",
-            "tether's version",
-            Info::new(vec![(
-                "version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            )]),
-        );
+        // A gauge reading 1 rather than an OpenMetrics `info`: the classic text format
+        // (and promtool) has no `info` type.
+        let build: Family<VersionLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "tether's version", build);
         // Series that exist from the start, at zero, so rates and dashboards work
         // before the first event.
         for reason in CLOSE_REASONS {
@@ -186,8 +193,9 @@ impl Metrics {
             .clone()
     }
 
-    /// The whole exposition: counters, then gauges computed from `snap` and `tunnels`.
-    pub fn encode(&self, snap: &Snapshot, tunnels: &Tunnels) -> String {
+    /// The whole exposition in `format`: counters, then gauges computed from `snap`
+    /// and `tunnels`.
+    pub fn encode(&self, snap: &Snapshot, tunnels: &Tunnels, format: Format) -> String {
         let up: Family<BackendLabels, Gauge> = Family::default();
         let live: Family<TunnelLabels, Gauge> = Family::default();
         for u in &snap.upstreams {
@@ -229,6 +237,115 @@ impl Metrics {
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &now);
         let _ = encode_eof(&mut out);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => to_text_format(&out),
+        }
+    }
+}
+
+/// The exposition format a scraper gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, which Prometheus asks for first.
+    OpenMetrics,
+    /// The classic text format 0.0.4: for `curl`, `promtool check metrics` and
+    /// scrapers that ask for nothing else.
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it, else the text format (as the Go
+    /// client libraries decide).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text → the classic text format, for what tether exports (counters,
+/// gauges, histograms): a counter family is named with its `_total` there, and there
+/// is no `# UNIT` or `# EOF`.
+fn to_text_format(open: &str) -> String {
+    let counters: HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 16 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let (name, rest) = line.strip_prefix(p)?.split_once(' ')?;
+            Some((p, name, rest))
+        });
+        match meta {
+            Some((p, name, rest)) if counters.contains(name) => {
+                let _ = writeln!(out, "{p}{name}_total {rest}");
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_with_total_and_has_no_eof() {
+        let m = Metrics::new();
+        m.reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        m.upgrade_seconds.observe(0.001);
+        let mut open = String::new();
+        encode_registry(&mut open, &m.registry).unwrap();
+        encode_eof(&mut open).unwrap();
+        assert!(open.contains("# TYPE tether_reloads counter\n"));
+        let text = to_text_format(&open);
+        assert!(text.contains("# HELP tether_reloads_total Configuration reloads, by result"));
+        assert!(text.contains("# TYPE tether_reloads_total counter\n"));
+        assert!(text.contains("tether_reloads_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("# TYPE tether_build_info gauge\n"));
+        assert!(text.contains("# TYPE tether_upgrade_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"));
+        // Every sample belongs to a family declared under its own name (histograms by
+        // their suffixes), which is what the text format's parsers require.
+        let families: HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .into_iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+                .unwrap_or(name);
+            assert!(families.contains(family), "{sample}");
+        }
+    }
+
+    #[test]
+    fn prometheus_gets_openmetrics_and_everyone_else_text() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(None), Format::Text);
     }
 }

@@ -36,8 +36,8 @@ pub enum CloseReason {
     Rebalance = 2,
     /// tether is shutting down.
     Shutdown = 3,
-    /// Its backend was removed from the configuration.
-    Removed = 4,
+    /// A reload removed its backend from the configuration.
+    Reload = 4,
     /// No byte moved for the route's `idle_timeout`.
     Idle = 5,
 }
@@ -49,7 +49,7 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             CloseReason::BackendDown | CloseReason::Rebalance => 1012,
-            CloseReason::Shutdown | CloseReason::Removed | CloseReason::Idle => 1001,
+            CloseReason::Shutdown | CloseReason::Reload | CloseReason::Idle => 1001,
         }
     }
 
@@ -58,7 +58,7 @@ impl CloseReason {
             CloseReason::BackendDown => "backend-down",
             CloseReason::Rebalance => "rebalance",
             CloseReason::Shutdown => "shutdown",
-            CloseReason::Removed => "removed",
+            CloseReason::Reload => "reload",
             CloseReason::Idle => "idle",
         }
     }
@@ -68,7 +68,7 @@ impl CloseReason {
             CloseReason::BackendDown,
             CloseReason::Rebalance,
             CloseReason::Shutdown,
-            CloseReason::Removed,
+            CloseReason::Reload,
             CloseReason::Idle,
         ]
         .into_iter()

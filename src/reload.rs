@@ -180,7 +180,7 @@ fn close_removed(live: &Live, due: &HashSet<Pair>) {
         .iter()
         .filter(|e| {
             let p = pair(e);
-            due.contains(&p) && !present.contains(&p) && e.ctl.close(CloseReason::Removed)
+            due.contains(&p) && !present.contains(&p) && e.ctl.close(CloseReason::Reload)
         })
         .count();
     if closed > 0 {

@@ -123,6 +123,13 @@ fn owner_prints_the_placement_answer() {
     let (code, _, err) = tether(&["owner", "--config", &path, "--upstream", "nope", "x"]);
     assert_eq!(code, 1);
     assert!(err.contains("no upstream `nope`"), "{err}");
+    // A key may start with a dash; an empty one is never a principal.
+    let (code, out, err) = tether(&["owner", "--config", &path, "--upstream", "app", "-x"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(["a", "b", "c"].contains(&out.trim()), "{out}");
+    let (code, _, err) = tether(&["owner", "--config", &path, "--upstream", "app", ""]);
+    assert_eq!(code, 1);
+    assert!(err.contains("KEY is empty"), "{err}");
 }
 
 #[tokio::test]

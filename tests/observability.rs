@@ -33,6 +33,65 @@ async fn scrape(addr: SocketAddr) -> Scrape {
     Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
+/// `/metrics` speaks both formats: OpenMetrics to a scraper that asks for it (as
+/// Prometheus does), the classic text format to everyone else, which promtool accepts
+/// without a complaint (checked when promtool is installed; CI installs it and sets
+/// TETHER_REQUIRE_PROMTOOL=1).
+async fn exposition_formats(admin_addr: SocketAddr) {
+    let accept = [(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+    )];
+    let (status, headers, body) = http(admin_addr, get("admin", "/metrics", &accept)).await;
+    assert_eq!(status, 200);
+    let open = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(open.contains("# TYPE tether_reloads counter\n"));
+    let (status, headers, body) = http(admin_addr, get("admin", "/metrics", &[])).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(
+        headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE tether_reloads_total counter\n"));
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut promtool) = promtool else {
+        assert!(
+            std::env::var("TETHER_REQUIRE_PROMTOOL").is_err(),
+            "promtool is required (apt-get install prometheus)"
+        );
+        eprintln!("promtool not installed (apt-get install prometheus): format lint skipped");
+        return;
+    };
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The sum of the samples named `name` whose labels include `labels`.
 fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
@@ -71,6 +130,7 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
     let admin_addr = bin.wait_admin();
 
     let before = scrape(admin_addr).await;
+    exposition_formats(admin_addr).await;
     assert_eq!(value(&before, "tether_http_requests_total", &[]), 0.0);
     assert_eq!(
         value(
@@ -178,9 +238,21 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         "b's gauge reads 0, not gone"
     );
 
-    // Reloads, good and bad.
+    // Reloads, good and bad. The good one removes a: its tunnels close as `reload`.
+    let on_a = value(&dead, "tether_tunnels_live", &[("backend", "a")]);
+    assert!(on_a >= 1.0, "a tunnel on a to see closed");
+    let only_c = format!(
+        "removal_grace = \"100ms\"\n{ADMIN}{}",
+        config(&nodes[1..], r#"principal = ["query:u"]"#, FAST_PROBES)
+    );
+    std::fs::write(&path, only_c).unwrap();
     bin.signal("HUP");
     bin.wait_for("configuration reloaded");
+    eventually(|| async {
+        let s = scrape(admin_addr).await;
+        (value(&s, "tether_tunnels_closed_total", &[("reason", "reload")]) == on_a).then_some(())
+    })
+    .await;
     std::fs::write(&path, "broken = [").unwrap();
     bin.signal("HUP");
     bin.wait_for("reload failed");

@@ -307,10 +307,17 @@ fn build_admin(
         );
     }
     let token = a.token.as_ref().map(|t| t.get_ref().clone());
-    if let Some(t) = &a.token
-        && t.get_ref().len() < 16
-    {
-        return invalid(t.span(), "an admin `token` needs at least 16 characters");
+    if let Some(t) = &a.token {
+        if t.get_ref().len() < 16 {
+            return invalid(t.span(), "an admin `token` needs at least 16 characters");
+        }
+        // A header value cannot carry it otherwise (spaces are trimmed, controls refused).
+        if !t.get_ref().bytes().all(|b| b.is_ascii_graphic()) {
+            return invalid(
+                t.span(),
+                "an admin `token` takes visible ASCII characters only (no spaces)",
+            );
+        }
     }
     if token.is_none() && !bind.ip().is_loopback() {
         let span = a.bind.as_ref().map_or(0..0, |b| b.span());
@@ -744,6 +751,12 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
         assert!(e.contains("needs a `token`"), "{e}");
         let ok = admin("bind = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"").unwrap();
         assert_eq!(ok.admin.unwrap().token.as_deref(), Some("0123456789abcdef"));
+        assert!(
+            admin("token = \"                \"")
+                .unwrap_err()
+                .to_string()
+                .contains("visible ASCII")
+        );
         assert!(
             admin("token = \"short\"")
                 .unwrap_err()

@@ -302,7 +302,7 @@ mod tests {
             Closed::Told(CloseReason::BackendDown),
             Closed::Told(CloseReason::Rebalance),
             Closed::Told(CloseReason::Shutdown),
-            Closed::Told(CloseReason::Removed),
+            Closed::Told(CloseReason::Reload),
             failed(Side::Client),
             failed(Side::Backend),
         ];

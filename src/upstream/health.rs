@@ -146,9 +146,9 @@ impl Health {
     pub fn probe(&self, ok: bool, t: &Thresholds, detail: &str) -> Option<Transition> {
         let to = self.counter().probe(ok, t)?;
         let reason = if to {
-            format!("{} successful probes", t.rise)
+            format!("{} successful probe{}", t.rise, plural(t.rise))
         } else {
-            format!("{} failed probes, last: {detail}", t.fall)
+            format!("{} failed probe{}, last: {detail}", t.fall, plural(t.fall))
         };
         Some(self.changed(to, reason))
     }
@@ -159,8 +159,9 @@ impl Health {
         let to = self.counter().passive_failure(now_ms(), t)?;
         let window = crate::config::human(t.passive_window);
         let reason = format!(
-            "{} failures on live traffic within {window}, last: {detail}",
-            t.passive_fails
+            "{} failure{} on live traffic within {window}, last: {detail}",
+            t.passive_fails,
+            plural(t.passive_fails)
         );
         Some(self.changed(to, reason))
     }
@@ -231,6 +232,11 @@ fn shared<K: Eq + std::hash::Hash, V>(
     let v = Arc::new(make());
     entries.insert(key, Arc::downgrade(&v));
     v
+}
+
+/// The plural "s" of a count's noun.
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 #[cfg(test)]
