@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::Request;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::Probe;
+use crate::config::{HealthConfig, Probe};
 use crate::proxy::error::chain;
 use crate::rebalance::on_transition;
 use crate::registry::BackendKey;
@@ -128,29 +128,54 @@ fn offset(key: &BackendKey, interval: Duration) -> Duration {
 }
 
 async fn probe(backend: &Backend, kind: &Probe) -> Result<(), String> {
-    let stream = backend.connect().await.map_err(|e| chain(&e))?;
     let Probe::Http { path, host } = kind else {
-        return Ok(());
+        return backend.connect().await.map(drop).map_err(|e| chain(&e));
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| chain(&e))?;
-    tokio::spawn(conn);
-    let host = host.clone().unwrap_or_else(|| backend.addr.to_string());
-    let req = Request::get(path.as_str())
-        .header(HOST, host)
-        .header(USER_AGENT, "tether-health")
-        .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| chain(&e))?;
-    let status = sender
-        .send_request(req)
-        .await
-        .map_err(|e| chain(&e))?
-        .status();
+    let status = ask(backend, Method::GET, path, host.as_deref()).await?;
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
         Err(format!("{path} answered {status}"))
     }
+}
+
+/// Whether `backend` answers an HTTP request at all, whatever the status, within the
+/// probe timeout: `GET` of the health path where probes use one, else `OPTIONS *`
+/// (RFC 9110 §9.3.7: a request about the server itself). Asked when an upgrade went
+/// unanswered: a frozen node answers nothing, but a live one whose path merely held
+/// the upgrade (a long-poll endpoint, a server with no WebSocket handler there) does,
+/// and must not be taken down, with all its tunnels, by whoever sent it.
+pub async fn answers(backend: &Backend, health: &HealthConfig) -> bool {
+    let (method, path, host) = match &health.probe {
+        Probe::Http { path, host } => (Method::GET, path.as_str(), host.as_deref()),
+        Probe::Tcp => (Method::OPTIONS, "*", None),
+    };
+    tokio::time::timeout(health.timeout, ask(backend, method, path, host))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// One request on a fresh connection (closed after it); the answer's status.
+async fn ask(
+    backend: &Backend,
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+) -> Result<StatusCode, String> {
+    let stream = backend.connect().await.map_err(|e| chain(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| chain(&e))?;
+    tokio::spawn(conn);
+    let host = host.map_or_else(|| backend.addr.to_string(), str::to_owned);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, host)
+        .header(USER_AGENT, "tether-health")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| chain(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| chain(&e))?;
+    Ok(resp.status())
 }

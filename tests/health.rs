@@ -325,6 +325,81 @@ async fn a_hung_backend_is_timed_out_and_routed_around() {
     proxy.stop().await;
 }
 
+/// A live backend with no WebSocket handler where upgrades are sent: it answers every
+/// plain request at once, but holds an upgrade request without answering (as a
+/// long-poll endpoint does).
+async fn holding_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            if String::from_utf8_lossy(&head)
+                .to_ascii_lowercase()
+                .contains("upgrade: websocket")
+            {
+                held.push(s);
+            } else {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_unanswered_upgrade_takes_a_silent_node_down_but_not_a_live_one() {
+    // Anyone can send an upgrade to a path that holds it; if that took the node down,
+    // one request would close every tunnel on it, and then on the next node.
+    let live = nodes(&["a"]).await;
+    let (holding, holding_task) = holding_backend().await;
+    let (silent, silent_task) = hung_backend().await;
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
+         [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{holding}\", name = \"holding\" }}, {{ addr = \"{silent}\", name = \"silent\" }}]\n\
+         upgrade_timeout = \"300ms\"\n[upstream.app.health]\ninterval = \"1h\"\ntimeout = \"300ms\"\npassive_fails = 1\n",
+        live[0].addr
+    );
+    let proxy = Proxy::start(&toml).await;
+    let key_of = |first: &str| {
+        (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| order(&proxy, k)[..2] == [first.to_owned(), "a".to_owned()])
+            .unwrap()
+    };
+    let is_up = |id: &str| {
+        let snap = proxy.live.load();
+        snap.upstream("app")
+            .unwrap()
+            .backend(id)
+            .unwrap()
+            .health
+            .is_up()
+    };
+    let k = key_of("holding");
+    assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, "a");
+    assert!(is_up("holding"), "a held upgrade took a live node down");
+    let k = key_of("silent");
+    assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, "a");
+    assert!(!is_up("silent"), "a node that answers nothing stayed up");
+    holding_task.abort();
+    silent_task.abort();
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_slow_answer_reroutes_but_does_not_take_the_node_down() {
     // One slow endpoint must not walk every node down in turn (each down closes all

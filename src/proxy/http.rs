@@ -60,9 +60,9 @@ impl Proxy {
                 Ok(Err(e)) => return Err(failed(e.into())),
                 // A slow answer is this request's problem, not the node's: it does not
                 // count against health, or one slow endpoint would take every node
-                // down in turn and close all their tunnels. (Upgrades, which any live
-                // node answers at once, do count; an HTTP health check finds a node
-                // that hangs on everything.)
+                // down in turn and close all their tunnels. (An unanswered upgrade
+                // counts only if the node then answers nothing at all; an HTTP health
+                // check finds a node that hangs on everything.)
                 Err(_) => {
                     let timed_out = ProxyError::Timeout {
                         backend: b.id.clone(),

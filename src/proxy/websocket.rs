@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::error::{ProxyError, chain};
 use super::headers::{connection_has, strip_hop_by_hop};
@@ -202,11 +202,12 @@ impl Proxy {
                     });
                 }
                 Err(_) => {
-                    self.passive_failure(
-                        upstream,
-                        b,
-                        &format!("no answer to an upgrade within {}", human(timeout)),
-                    );
+                    let detail = format!("no answer to an upgrade within {}", human(timeout));
+                    if crate::probe::answers(b, &upstream.config.health).await {
+                        warn!(upstream = %upstream.name, backend = %b.id, "{detail}, but it answers requests: not counted against its health");
+                    } else {
+                        self.passive_failure(upstream, b, &detail);
+                    }
                     last = Some(ProxyError::Timeout {
                         backend: b.id.clone(),
                     });
