@@ -81,7 +81,21 @@ pub(crate) async fn accept_loop(
         Err(_) => info!(bind = %listener.bind, "listening"),
     }
     let token = tasks.token().clone();
+    let slots = live.connections.clone();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                warn!(bind = %listener.bind, max_connections = live.max_connections, "connection limit reached: new connections wait until one ends");
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
         let accepted = tokio::select! {
             r = listener.socket.accept() => r,
             () = stop.cancelled() => break,
@@ -109,6 +123,7 @@ pub(crate) async fn accept_loop(
             hsts: settings.tls.as_ref().and_then(|t| t.hsts.clone()),
             redirect_https: settings.redirect_https,
             streams: None,
+            slot: Arc::new(slot),
         });
         tasks.spawn(serve(stream, settings, info, proxy.clone(), token.clone()));
     }

@@ -215,8 +215,10 @@ async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
         .await
         .with_context(|| path.display().to_string())?;
     let at_start = StartOnly::of(&config, cli_json);
-    let server = Server::start(Arc::new(Live::new(&config)), listeners);
-    info!(config = %path.display(), "tether started");
+    let live = Arc::new(Live::new(&config));
+    let max_connections = live.max_connections;
+    let server = Server::start(live, listeners);
+    info!(config = %path.display(), max_connections, "tether started");
     notify(&[NotifyState::Ready]);
     loop {
         match signals.next().await {
@@ -285,6 +287,7 @@ async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<()
 /// reload that changes them says they wait for a restart.
 struct StartOnly {
     workers: Option<usize>,
+    max_connections: Option<usize>,
     /// The format in effect: `--log-json` or the file's.
     log_json: bool,
     /// `--log-json` was given: JSON whatever a reloaded file says.
@@ -295,6 +298,7 @@ impl StartOnly {
     fn of(c: &Config, cli_json: bool) -> StartOnly {
         StartOnly {
             workers: c.workers,
+            max_connections: c.max_connections,
             log_json: cli_json || c.log_json,
             cli_json,
         }
@@ -303,6 +307,9 @@ impl StartOnly {
     fn warn_if_changed(&self, new: &StartOnly) {
         if self.workers != new.workers {
             warn!("`workers` is read at start: restart tether to apply the new value");
+        }
+        if self.max_connections != new.max_connections {
+            warn!("`max_connections` is read at start: restart tether to apply the new value");
         }
         if self.log_json != new.log_json {
             warn!("`[log] format` is read at start: restart tether to apply the new value");

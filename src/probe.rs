@@ -17,10 +17,10 @@ use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{HealthConfig, Probe};
-use crate::proxy::error::chain;
+use crate::proxy::error::{chain, local_shortage};
 use crate::rebalance::on_transition;
 use crate::registry::BackendKey;
 use crate::snapshot::{Live, Snapshot};
@@ -97,15 +97,20 @@ async fn prober(live: Arc<Live>, key: BackendKey, stop: CancellationToken) {
         let result = match tokio::time::timeout(health.timeout, probe(backend, &health.probe)).await
         {
             Ok(r) => r,
-            Err(_) => Err(format!(
+            Err(_) => Err(Failed::said(format!(
                 "no answer within {}",
                 crate::config::human(health.timeout)
-            )),
+            ))),
         };
         if let Err(e) = &result {
-            debug!(backend = %key.id, error = %e, "probe failed");
+            if e.local {
+                // Says nothing about the backend either way.
+                warn!(backend = %key.id, error = %e.detail, "cannot probe for want of local resources; result ignored");
+                continue;
+            }
+            debug!(backend = %key.id, error = %e.detail, "probe failed");
         }
-        let detail = result.as_ref().err().map_or("ok", String::as_str);
+        let detail = result.as_ref().err().map_or("ok", |e| e.detail.as_str());
         if let Some(t) = backend
             .health
             .probe(result.is_ok(), &health.thresholds, detail)
@@ -127,15 +132,42 @@ fn offset(key: &BackendKey, interval: Duration) -> Duration {
     interval.mul_f64((h % 1000) as f64 / 1000.0)
 }
 
-async fn probe(backend: &Backend, kind: &Probe) -> Result<(), String> {
+/// Why a probe failed.
+struct Failed {
+    detail: String,
+    /// This host ran short of descriptors or ports: not the backend's failure.
+    local: bool,
+}
+
+impl Failed {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Failed {
+        Failed {
+            detail: chain(e),
+            local: local_shortage(e),
+        }
+    }
+
+    fn said(detail: String) -> Failed {
+        Failed {
+            detail,
+            local: false,
+        }
+    }
+}
+
+async fn probe(backend: &Backend, kind: &Probe) -> Result<(), Failed> {
     let Probe::Http { path, host } = kind else {
-        return backend.connect().await.map(drop).map_err(|e| chain(&e));
+        return backend
+            .connect()
+            .await
+            .map(drop)
+            .map_err(|e| Failed::of(&e));
     };
     let status = ask(backend, Method::GET, path, host.as_deref()).await?;
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("{path} answered {status}"))
+        Err(Failed::said(format!("{path} answered {status}")))
     }
 }
 
@@ -150,9 +182,12 @@ pub async fn answers(backend: &Backend, health: &HealthConfig) -> bool {
         Probe::Http { path, host } => (Method::GET, path.as_str(), host.as_deref()),
         Probe::Tcp => (Method::OPTIONS, "*", None),
     };
-    tokio::time::timeout(health.timeout, ask(backend, method, path, host))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    match tokio::time::timeout(health.timeout, ask(backend, method, path, host)).await {
+        Ok(Ok(_)) => true,
+        // Unasked for want of local resources: no evidence against the backend.
+        Ok(Err(failed)) => failed.local,
+        Err(_) => false,
+    }
 }
 
 /// One request on a fresh connection (closed after it); the answer's status.
@@ -161,11 +196,11 @@ async fn ask(
     method: Method,
     path: &str,
     host: Option<&str>,
-) -> Result<StatusCode, String> {
-    let stream = backend.connect().await.map_err(|e| chain(&e))?;
+) -> Result<StatusCode, Failed> {
+    let stream = backend.connect().await.map_err(|e| Failed::of(&e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| Failed::of(&e))?;
     tokio::spawn(conn);
     let host = host.map_or_else(|| backend.addr.to_string(), str::to_owned);
     let req = Request::builder()
@@ -175,7 +210,7 @@ async fn ask(
         .header(USER_AGENT, "tether-health")
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| chain(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| chain(&e))?;
+        .map_err(|e| Failed::of(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| Failed::of(&e))?;
     Ok(resp.status())
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::{AdminConfig, Config, ListenerConfig};
 use crate::metrics::Metrics;
@@ -109,6 +109,25 @@ pub struct Live {
     pub metrics: Metrics,
     /// Recent notable events (transitions, reloads, drains), newest last.
     events: Mutex<VecDeque<Event>>,
+    /// One permit per client connection being served, `max_connections` in all
+    /// (sized at start): when none is left, listeners stop accepting and new
+    /// connections wait in the kernel's queue, as HAProxy does at `maxconn`.
+    pub connections: Arc<Semaphore>,
+    pub max_connections: usize,
+}
+
+/// `max_connections` by default: what the open-file limit allows with two descriptors
+/// per connection (a tunnel holds one to the client and one to its backend), keeping
+/// a reserve for pooled backend connections, probes, the admin listener and files.
+/// HAProxy derives its `maxconn` from `ulimit -n` the same way. Running out of
+/// descriptors instead would fail probes and backend connects alike and look like
+/// every backend dying.
+pub fn auto_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let reserve = (soft / 4).min(1024);
+    usize::try_from((soft - reserve) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// Something an operator should see on the status page.
@@ -126,7 +145,10 @@ impl Live {
     pub fn new(config: &Config) -> Live {
         let lasting = Lasting::default();
         let snapshot = Snapshot::build(config, &lasting);
+        let max_connections = config.max_connections.unwrap_or_else(auto_max_connections);
         Live {
+            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            max_connections,
             current: ArcSwap::from_pointee(snapshot),
             lasting,
             registry: Arc::new(Registry::default()),

@@ -3,7 +3,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const BAD: &[(&str, &[u8], &str)] = &[
     ("garbage request line", b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
@@ -122,4 +127,75 @@ async fn an_http_1_0_request_without_host_uses_host_less_routes() {
     );
     assert!(got.contains("\"node\":\"a\""), "{got}");
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_clients_wait_for_a_slot_and_a_tunnel_holds_one() {
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&format!("max_connections = 2\n{}", config(&nodes, "", ""))).await;
+    // Both slots taken: a WebSocket tunnel (its HTTP phase long over) and an idle
+    // connection.
+    let (mut tunnel, _) = ws(proxy.addr, "/ws", &[]).await;
+    let _idle = TcpStream::connect(proxy.addr).await.unwrap();
+    // The kernel completes a third connection, but tether does not take it up.
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 16];
+    // A window under test, not a synchronisation: nothing may arrive in it.
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut first)).await;
+    assert!(early.is_err(), "served past max_connections: {early:?}");
+    // The tunnel's end gives its slot back, and the waiting client is served.
+    tunnel.close(None).await.unwrap();
+    while let Some(Ok(_)) = tunnel.next().await {}
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, third.read_to_end(&mut answer))
+        .await
+        .expect("the waiting client was never served")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_not_blamed_on_the_backends() {
+    let nodes = nodes(&["a", "b"]).await;
+    // A low open-file limit and a connection limit above it, so a flood of idle
+    // connections exhausts tether's descriptors; probes every 50 ms, one failure
+    // enough to take a backend down.
+    let toml = format!(
+        "max_connections = 10000\n{}",
+        config(
+            &nodes,
+            r#"principal = ["query:u"]"#,
+            "[upstream.app.health]\ninterval = \"50ms\"\nfall = 1\n"
+        )
+    );
+    let (_dir, path) = write_config(&toml);
+    let mut bin = Binary::spawn_limited(&["run", "--config", &path], 64);
+    let addr = bin.wait_listening();
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The shortage reaches the probes, which must not count it.
+    let seen = bin.wait_for_any(&["cannot probe for want of local resources", "backend down"]);
+    assert!(!seen.contains("backend down"), "{seen}");
+    drop(flood);
+    for i in 0..10 {
+        http_node(addr, &format!("/info?u={i}"), &[]).await;
+    }
+    let out = bin.output();
+    assert!(
+        !out.contains("backend down"),
+        "a backend was taken down by tether's own shortage:\n{out}"
+    );
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
 }

@@ -64,7 +64,12 @@ fn header_hint(message: &str, (name, list): (&str, bool)) -> Option<String> {
 
 /// Keys of the file's top level, which TOML reads as the last table's when written
 /// after one.
-const TOP_LEVEL: [&str; 3] = ["drain_timeout", "removal_grace", "workers"];
+const TOP_LEVEL: [&str; 4] = [
+    "drain_timeout",
+    "removal_grace",
+    "workers",
+    "max_connections",
+];
 
 /// A mistake pointed at a `key = value` line: the value has the wrong type.
 fn value_hint(message: &str, line: &str, at: &str) -> Option<String> {

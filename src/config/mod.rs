@@ -64,6 +64,9 @@ pub struct Config {
     pub log_json: bool,
     /// Worker threads; `None`: one per core tether may run on (read at start).
     pub workers: Option<usize>,
+    /// Client connections served at once, over all traffic listeners; `None`: what
+    /// the open-file limit allows (read at start).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +254,19 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
             _ => return invalid(w.span(), "`workers` is 1..=1024, or 0 for one per core"),
         },
     };
+    let max_connections = match &raw.max_connections {
+        None => None,
+        Some(m) if *m.get_ref() == 0 => None,
+        Some(m) => match usize::try_from(*m.get_ref()) {
+            Ok(n) => Some(n),
+            _ => {
+                return invalid(
+                    m.span(),
+                    "`max_connections` is a count of connections, or 0 for what the open-file limit allows",
+                );
+            }
+        },
+    };
     Ok(Config {
         listeners,
         routes,
@@ -260,6 +276,7 @@ fn build(raw: RawConfig) -> Result<Config, Invalid> {
         admin,
         log_json,
         workers,
+        max_connections,
     })
 }
 

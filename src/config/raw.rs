@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<RawLog>,
     pub workers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,6 +103,32 @@ impl ProxyError {
 
 /// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
 /// "client error (Connect)" alone does not say "connection refused".
+/// Whether `e`, or an error it wraps, is this host running short of something a
+/// connection needs (file descriptors, ephemeral ports, kernel memory): a failure of
+/// tether's, not of the backend it was connecting to, so it must not count against
+/// that backend's health (or a descriptor flood would take every backend down).
+pub fn local_shortage(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.raw_os_error(),
+                Some(
+                    libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::EADDRNOTAVAIL
+                )
+            )
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
@@ -120,6 +146,23 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_shortages_are_told_from_backend_failures() {
+        use crate::upstream::ConnectError;
+        let wrapped = |errno| ConnectError::from(std::io::Error::from_raw_os_error(errno));
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EADDRNOTAVAIL,
+            libc::ENOBUFS,
+        ] {
+            assert!(local_shortage(&wrapped(errno)), "{errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(!local_shortage(&wrapped(errno)), "{errno}");
+        }
+    }
 
     #[test]
     fn chains_name_every_cause() {

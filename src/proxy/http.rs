@@ -7,7 +7,7 @@ use hyper::{Request, Response, Version};
 use tracing::{debug, warn};
 
 use super::body::RetryBody;
-use super::error::{ProxyError, chain};
+use super::error::ProxyError;
 use super::{Access, Body, Proxy, exhausted, relay};
 use crate::config::human;
 use crate::principal::Principal;
@@ -54,7 +54,7 @@ impl Proxy {
                 Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
-                    self.passive_failure(upstream, b, &chain(&e))
+                    self.connect_failed(upstream, b, &e)
                 }
                 Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
                 Ok(Err(e)) => return Err(failed(e.into())),

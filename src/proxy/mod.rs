@@ -38,6 +38,7 @@ use hyper::header::{
     TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -81,6 +82,9 @@ pub struct ConnInfo {
     /// On HTTP/2: the connection's open streams, which a WebSocket tunnel joins for its
     /// life (the idle timeout must not see a connection carrying one as idle).
     pub(crate) streams: Option<Arc<crate::listener::Activity>>,
+    /// The connection's share of `max_connections`, held by the connection and by every
+    /// tunnel it opens (an HTTP/1.1 tunnel outlives its connection's HTTP phase).
+    pub(crate) slot: Arc<OwnedSemaphorePermit>,
 }
 
 /// The request handler shared by every connection.
@@ -248,6 +252,7 @@ impl Proxy {
                 let asked = Asked {
                     flavor,
                     stream: conn.streams.as_ref().map(crate::listener::Open::new),
+                    slot: conn.slot.clone(),
                 };
                 self.upgrade(req, asked, upstream, route, principal, access)
                     .await?
@@ -261,6 +266,21 @@ impl Proxy {
             resp.headers_mut().append(SET_COOKIE, cookie);
         }
         Ok(resp)
+    }
+
+    /// A connect to `b` failed: a failure on live traffic, unless this host ran short
+    /// of descriptors or ports, which is not the backend's doing.
+    fn connect_failed(
+        &self,
+        upstream: &Upstream,
+        b: &Backend,
+        e: &(dyn std::error::Error + 'static),
+    ) {
+        if error::local_shortage(e) {
+            warn!(upstream = %upstream.name, backend = %b.id, error = %chain(e), "cannot connect to the backend for want of local resources; not counted against it");
+        } else {
+            self.passive_failure(upstream, b, &chain(e));
+        }
     }
 
     /// A connect to `b` failed, or it did not answer in time: count it against the

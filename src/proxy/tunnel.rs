@@ -40,6 +40,8 @@ pub struct TunnelInfo {
     /// On HTTP/2, the client connection's count of open streams, held for the
     /// tunnel's life.
     pub _stream: Option<crate::listener::Open>,
+    /// The client connection's share of `max_connections`.
+    pub _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How long a closing tunnel waits for its peers to close after its Close frames.

@@ -17,6 +17,8 @@
 //! does not answer within `upgrade_timeout` counts against its health and the next
 //! candidate is tried (an upgrade is a GET without a body: safe to repeat).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
@@ -29,6 +31,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -71,6 +74,7 @@ impl Flavor {
 pub(crate) struct Asked {
     pub flavor: Flavor,
     pub stream: Option<Open>,
+    pub slot: Arc<OwnedSemaphorePermit>,
 }
 
 /// The WebSocket flavour of `req`, if it asks for one.
@@ -145,7 +149,11 @@ impl Proxy {
     async fn open(
         &self,
         mut req: Request<Incoming>,
-        Asked { flavor, stream }: Asked,
+        Asked {
+            flavor,
+            stream,
+            slot,
+        }: Asked,
         upstream: &Upstream,
         route: &Route,
         principal: Principal,
@@ -187,7 +195,7 @@ impl Proxy {
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.passive_failure(upstream, b, &chain(&e));
+                    self.connect_failed(upstream, b, &e);
                     continue;
                 }
             };
@@ -223,6 +231,7 @@ impl Proxy {
             bytes_down: metrics.bytes_down(),
             closes: metrics.tunnels_closed.clone(),
             _stream: stream,
+            _slot: slot,
         };
         let register = || {
             registry.register(

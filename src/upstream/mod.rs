@@ -172,10 +172,8 @@ impl Backend {
                     format!("connect timed out after {}", human(self.connect_timeout)).into(),
                 )
             })?
-            .map_err(|e| ConnectError(e.into()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| ConnectError(e.into()))?;
+            .map_err(ConnectError::from)?;
+        stream.set_nodelay(true).map_err(ConnectError::from)?;
         Ok(stream)
     }
 }
@@ -184,6 +182,12 @@ impl Backend {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConnectError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl From<std::io::Error> for ConnectError {
+    fn from(e: std::io::Error) -> ConnectError {
+        ConnectError(e.into())
+    }
+}
 
 /// The pool's connector: the upstream's connect timeout and TCP_NODELAY. No TCP
 /// keepalive: a backend host that vanishes is found by the health probes.

@@ -351,9 +351,24 @@ impl Binary {
     /// [`Binary::spawn`] with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied());
+        cmd.args(args).envs(env.iter().copied());
+        Binary::of(cmd)
+    }
+
+    /// [`Binary::spawn`] with at most `nofile` open files (soft and hard limit, set by
+    /// util-linux's `prlimit`, which then runs tether in its own process).
+    pub fn spawn_limited(args: &[&str], nofile: u32) -> Binary {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(env!("CARGO_BIN_EXE_tether"))
+            .args(args);
+        Binary::of(cmd)
+    }
+
+    fn of(mut cmd: std::process::Command) -> Binary {
+        if cmd.get_envs().all(|(k, _)| k != "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         // Reading stops when `lines` is dropped: see `close_output`.
         let (child, rx) = spawn_lines(&mut cmd, false);
         Binary {
