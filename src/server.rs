@@ -27,13 +27,21 @@ const IDLE_SWEEP: Duration = Duration::from_secs(1);
 const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Closes tunnels that have been idle past their route's `idle_timeout` (1001), and
-/// gives the heap freed by tunnel churn back ([`heap::trim`]): once the churn stops
-/// (a second in which no tunnel opened or closed), or every minute while it goes on.
-/// So a burst of handshakes does not leave its buffers resident, and the trim's
-/// pause (up to a few ms on a large heap) is rare.
+/// gives the heap freed by churn back ([`heap::trim`]): once the churn stops (a
+/// second in which no tunnel and no client connection opened or closed), or every
+/// minute while it goes on. So a burst of handshakes, or a flood of connections that
+/// never became tunnels, does not leave its buffers resident, and the trim's pause
+/// (up to a few ms on a large heap) is rare.
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
-    let mut churn = live.registry.churn();
+    // Tunnels opened and closed; client connection slots in use.
+    let churn_now = || {
+        (
+            live.registry.churn(),
+            live.connections.available_permits(),
+        )
+    };
+    let mut churn = churn_now();
     let mut untrimmed = false;
     let mut trimmed = Instant::now();
     loop {
@@ -45,7 +53,7 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
         if closed > 0 {
             debug!(closed, "closed idle tunnels");
         }
-        let now = live.registry.churn();
+        let now = churn_now();
         let quiet = now == churn;
         churn = now;
         untrimmed |= !quiet;
