@@ -35,12 +35,7 @@ const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
     // Tunnels opened and closed; client connection slots in use.
-    let churn_now = || {
-        (
-            live.registry.churn(),
-            live.connections.available_permits(),
-        )
-    };
+    let churn_now = || (live.registry.churn(), live.connections.available_permits());
     let mut churn = churn_now();
     let mut untrimmed = false;
     let mut trimmed = Instant::now();

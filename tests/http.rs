@@ -155,6 +155,21 @@ async fn a_response_framed_both_ways_loses_its_content_length() {
 }
 
 #[tokio::test]
+async fn a_protocol_switch_nobody_asked_for_is_a_502() {
+    // RFC 9110 §15.2.2: a server must not switch to a protocol the client did not ask
+    // for; passed on, the client would sit on a connection it cannot use.
+    let backend = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let (status, _, body) = http(proxy.addr, get("t", "/", &[])).await;
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("asked for no protocol switch"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_broken_backend_answer_is_a_502_that_names_the_cause_and_is_logged() {
     let backend =
         scripted_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello")

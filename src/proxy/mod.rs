@@ -384,6 +384,13 @@ fn redirect_https<B>(
 /// A coding besides `chunked` would reach the client undone and unnamed: 502, as
 /// nginx answers.
 fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>, ProxyError> {
+    // A switch nobody asked for (RFC 9110 §15.2.2): the client could not follow it.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::Upstream {
+            backend: backend.clone(),
+            source: "it answered 101 to a request that asked for no protocol switch".into(),
+        });
+    }
     if !only_chunked(resp.headers()) {
         return Err(ProxyError::Upstream {
             backend: backend.clone(),
