@@ -122,6 +122,7 @@ pub(crate) async fn accept_loop(
             },
             hsts: settings.tls.as_ref().and_then(|t| t.hsts.clone()),
             redirect_https: settings.redirect_https,
+            body_timeout: settings.body_timeout,
             streams: None,
             slot: Arc::new(slot),
         });
@@ -142,6 +143,7 @@ pub fn configure(stream: &TcpStream) {
 pub(crate) struct Settings {
     max_header_bytes: usize,
     header_timeout: Duration,
+    body_timeout: Duration,
     redirect_https: Option<u16>,
     tls: Option<TlsConfig>,
 }
@@ -152,6 +154,7 @@ impl Settings {
         Settings {
             max_header_bytes: 32 * 1024,
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
             redirect_https: None,
             tls: None,
         }
@@ -163,6 +166,7 @@ impl Settings {
         Some(Settings {
             max_header_bytes: l.max_header_bytes,
             header_timeout: l.header_timeout,
+            body_timeout: l.body_timeout,
             redirect_https: l.redirect_https,
             tls: l.tls.clone(),
         })

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -298,5 +298,35 @@ async fn a_route_serves_every_host_it_lists() {
     }
     let (status, _, _) = http(proxy.addr, get("other.example", "/info", &[])).await;
     assert_eq!(status, 404);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_timed_out() {
+    // A client that stops mid-body must not hold its connection (and one to the
+    // backend) open for ever: nginx's client_body_timeout.
+    let nodes = nodes(&["a"]).await;
+    let toml = config(&nodes, "", "").replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nbody_timeout = \"300ms\"",
+    );
+    let proxy = Proxy::start(&toml).await;
+    let stalled = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+    };
+    // The backend reads the whole body before answering: the client hears 408.
+    let (_, head) = raw_head(proxy.addr, stalled("/info").as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    // The backend answers at once and streams the body back: the connection is closed.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(stalled("/echo").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "a stalled body held its connection open");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     proxy.stop().await;
 }

@@ -40,6 +40,7 @@ pub use upstream::{BackendConfig, HealthConfig, Probe, Rebalance, UpstreamConfig
 /// a once-a-minute ping), and the value HAProxy recommends for `timeout tunnel`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(10);
@@ -87,6 +88,9 @@ pub struct ListenerConfig {
     /// Time allowed for a request's headers to arrive, counted from the end of the
     /// previous response (so it is also the idle keep-alive timeout).
     pub header_timeout: Duration,
+    /// Longest wait between two reads of a request body (nginx's
+    /// `client_body_timeout`).
+    pub body_timeout: Duration,
     /// On a plain listener: answer everything with 308 to https on this port.
     pub redirect_https: Option<u16>,
     pub tls: Option<TlsConfig>,
@@ -411,6 +415,7 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
         trusted_proxies,
         max_header_bytes,
         header_timeout: duration_or(l.header_timeout, DEFAULT_HEADER_TIMEOUT)?,
+        body_timeout: duration_or(l.body_timeout, DEFAULT_BODY_TIMEOUT)?,
         redirect_https,
         tls: l.tls.map(tls::build_tls).transpose()?,
     })

@@ -8,14 +8,21 @@
 //! possible (nothing was read, so nothing went upstream), and
 //! [`RetryBody::client_failed`] whether the failure was the client's (a broken chunked
 //! encoding, a body cut short), which is a 400 rather than a 502.
+//!
+//! A client that stops sending mid-body for longer than the listener's
+//! `body_timeout` fails the body with [`BodyStalled`] (408 when no answer has been
+//! sent yet), so it cannot hold a connection and a backend connection open forever
+//! by sending a byte a minute.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 /// See the module doc.
 #[derive(Debug)]
@@ -26,6 +33,10 @@ pub enum RetryBody {
         shared: Arc<Shared>,
         taken: Option<Incoming>,
         hint: SizeHint,
+        /// The longest pause between two frames.
+        stall: Duration,
+        /// Armed while the body is waited for (made on the first wait).
+        timer: Option<Pin<Box<Sleep>>>,
     },
 }
 
@@ -41,8 +52,13 @@ pub struct Shared {
 #[error("request body already sent to another backend")]
 pub struct BodyTaken;
 
+/// The client sent nothing of its body for the listener's `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 impl RetryBody {
-    pub fn new(body: Incoming) -> RetryBody {
+    pub fn new(body: Incoming, stall: Duration) -> RetryBody {
         if body.is_end_stream() {
             return RetryBody::Empty;
         }
@@ -54,6 +70,8 @@ impl RetryBody {
             }),
             taken: None,
             hint,
+            stall,
+            timer: None,
         }
     }
 
@@ -61,10 +79,17 @@ impl RetryBody {
     pub fn again(&self) -> RetryBody {
         match self {
             RetryBody::Empty => RetryBody::Empty,
-            RetryBody::Shared { shared, hint, .. } => RetryBody::Shared {
+            RetryBody::Shared {
+                shared,
+                hint,
+                stall,
+                ..
+            } => RetryBody::Shared {
                 shared: shared.clone(),
                 taken: None,
                 hint: *hint,
+                stall: *stall,
+                timer: None,
             },
         }
     }
@@ -98,7 +123,14 @@ impl Body for RetryBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let RetryBody::Shared { shared, taken, .. } = self.get_mut() else {
+        let RetryBody::Shared {
+            shared,
+            taken,
+            stall,
+            timer,
+            ..
+        } = self.get_mut()
+        else {
             return Poll::Ready(None);
         };
         if taken.is_none() {
@@ -110,12 +142,21 @@ impl Body for RetryBody {
         let Some(body) = taken else {
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) => {
+        let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) else {
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*stall)));
+            ready!(timer.as_mut().poll(cx));
+            shared.client_failed.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyStalled(*stall).into())));
+        };
+        if let Some(timer) = timer {
+            timer.as_mut().reset(Instant::now() + *stall);
+        }
+        match frame {
+            Some(Err(e)) => {
                 shared.client_failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e.into())))
             }
-            other => other.map_err(Into::into),
+            other => Poll::Ready(other.map(|f| f.map_err(Into::into))),
         }
     }
 

@@ -10,6 +10,7 @@ use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::Body;
+use super::body::BodyStalled;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -62,6 +63,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            // As nginx answers a `client_body_timeout`.
+            ProxyError::ClientBody(e) if caused_by::<BodyStalled>(&**e) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
@@ -101,44 +106,44 @@ impl ProxyError {
     }
 }
 
-/// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
-/// "client error (Connect)" alone does not say "connection refused".
+/// `e` and the errors it wraps, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// Whether `e` is, or wraps, an error of type `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).any(|e| e.is::<T>())
+}
+
 /// Whether `e`, or an error it wraps, is this host running short of something a
 /// connection needs (file descriptors, ephemeral ports, kernel memory): a failure of
 /// tether's, not of the backend it was connecting to, so it must not count against
 /// that backend's health (or a descriptor flood would take every backend down).
 pub fn local_shortage(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.raw_os_error(),
-                Some(
-                    libc::EMFILE
-                        | libc::ENFILE
-                        | libc::ENOBUFS
-                        | libc::ENOMEM
-                        | libc::EADDRNOTAVAIL
-                )
+    causes(e)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
+        .any(|errno| {
+            matches!(
+                errno,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL
             )
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+        })
 }
 
+/// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
+/// "client error (Connect)" alone does not say "connection refused".
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(inner) = next {
-        let text = inner.to_string();
-        if !out.contains(&text) {
+    let mut out = String::new();
+    for text in causes(e).map(ToString::to_string) {
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        next = inner.source();
     }
     out
 }

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::body::RetryBody;
 use super::error::ProxyError;
-use super::{Access, Body, Proxy, exhausted, relay};
+use super::{Access, Body, ConnInfo, Proxy, exhausted, relay};
 use crate::config::human;
 use crate::principal::Principal;
 use crate::upstream::Upstream;
@@ -19,13 +19,14 @@ impl Proxy {
     pub(super) async fn http(
         &self,
         req: Request<Incoming>,
+        conn: &ConnInfo,
         upstream: &Upstream,
         follow_socket: bool,
         principal: Principal,
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = req.into_parts();
-        let body = RetryBody::new(body);
+        let body = RetryBody::new(body, conn.body_timeout);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
         let registry = &self.live.registry;

@@ -29,6 +29,7 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -79,6 +80,8 @@ pub struct ConnInfo {
     pub hsts: Option<HeaderValue>,
     /// Plain listener set to redirect: the https port to send clients to.
     pub redirect_https: Option<u16>,
+    /// The listener's `body_timeout`.
+    pub body_timeout: Duration,
     /// On HTTP/2: the connection's open streams, which a WebSocket tunnel joins for its
     /// life (the idle timeout must not see a connection carrying one as idle).
     pub(crate) streams: Option<Arc<crate::listener::Activity>>,
@@ -258,7 +261,7 @@ impl Proxy {
                     .await?
             }
             None => {
-                self.http(req, upstream, route.follow_socket, principal, access)
+                self.http(req, conn, upstream, route.follow_socket, principal, access)
                     .await?
             }
         };
