@@ -219,6 +219,7 @@ async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
     let max_connections = live.max_connections;
     let server = Server::start(live, listeners);
     info!(config = %path.display(), max_connections, "tether started");
+    warn_about(&config);
     notify(&[NotifyState::Ready]);
     loop {
         match signals.next().await {
@@ -279,8 +280,16 @@ async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<()
     };
     server.reload(&config, fresh);
     info!(config = %path.display(), "configuration reloaded");
+    warn_about(&config);
     at_start.warn_if_changed(&StartOnly::of(&config, at_start.cli_json));
     Ok(())
+}
+
+/// Logs what is valid but probably not meant ([`Config::warnings`]).
+fn warn_about(config: &Config) {
+    for w in config.warnings() {
+        warn!("{w}");
+    }
 }
 
 /// Settings read once at start (the runtime and the log format are made then); a

@@ -37,6 +37,21 @@ fn check_accepts_the_shipped_example_and_summarises_it() {
     ] {
         assert!(out.contains(expect), "missing {expect:?} in:\n{out}");
     }
+    assert!(!out.contains("warnings:"), "{out}");
+}
+
+#[test]
+fn check_warns_of_what_is_valid_but_probably_not_meant() {
+    let (_dir, path) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.spare]\nbackends = [\"127.0.0.1:1\"]\n",
+    );
+    let (code, out, err) = tether(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("warnings:\n  no [[route]]"), "{out}");
+    assert!(
+        out.contains("upstream `spare` is used by no route"),
+        "{out}"
+    );
 }
 
 /// `tether check | head -0`: a reader that went away is not a reason to panic.

@@ -20,9 +20,13 @@ pub(super) fn with_hint(message: &str, (line, at): (&str, &str)) -> String {
         Some(header) => header_hint(message, header),
         None => value_hint(message, line, at),
     };
+    // serde names Rust's types; a config author thinks in numbers.
+    let message = message
+        .replace("expected i64", "expected a whole number")
+        .replace("expected f64", "expected a number");
     match hint {
         Some(hint) => format!("{message}: {hint}"),
-        None => message.to_owned(),
+        None => message,
     }
 }
 
@@ -77,7 +81,10 @@ fn value_hint(message: &str, line: &str, at: &str) -> Option<String> {
     let hint = if message == "duplicate key" {
         let key = at.split(|c: char| c == '=' || c.is_whitespace()).next();
         return Some(format!("`{}` is set twice in one table", key.unwrap_or("")));
-    } else if message.ends_with("expected a string") && value.starts_with(['[', '{']) {
+    } else if message.ends_with("expected a string")
+        && (message.starts_with("invalid type: sequence")
+            || message.starts_with("invalid type: map"))
+    {
         "one value here, not a list or table"
     } else if message.ends_with("expected a string") {
         "write it in quotes: durations with a unit like \"5s\", addresses like \"127.0.0.1:8080\""
@@ -162,19 +169,31 @@ mod tests {
             hint("duplicate key", "path = \"/\"").ends_with("`path` is set twice in one table")
         );
         let auto = "invalid type: string \"auto\", expected i64";
-        assert_eq!(hint(auto, "workers = \"auto\""), auto);
+        assert_eq!(
+            hint(auto, "workers = \"auto\""),
+            "invalid type: string \"auto\", expected a whole number"
+        );
         let two = "invalid type: string \"2\", expected i64";
         assert!(hint(two, "rise = \"2\"").ends_with("without quotes"));
         let stray = "unknown field `workers`, expected one of `backends`";
         assert!(hint(stray, "workers = 1").contains("move it above the file's first [table]"));
         let half = "invalid type: string \"2.5\", expected i64";
-        assert_eq!(hint(half, "workers = \"2.5\""), half);
+        assert_eq!(
+            hint(half, "workers = \"2.5\""),
+            "invalid type: string \"2.5\", expected a whole number"
+        );
         let inf = "invalid type: string \"inf\", expected f64";
-        assert_eq!(hint(inf, "balance_factor = \"inf\""), inf);
+        assert_eq!(
+            hint(inf, "balance_factor = \"inf\""),
+            "invalid type: string \"inf\", expected a number"
+        );
         let list = "invalid type: sequence, expected a string";
         assert!(
             hint(list, "bind = [\"127.0.0.1:1\"]").ends_with("one value here, not a list or table")
         );
+        // A list where lists are allowed: the item is what is wrong.
+        let item = "invalid type: integer `1`, expected a string";
+        assert!(hint(item, "host = [\"a.test\", 1]").ends_with("write it in quotes: durations with a unit like \"5s\", addresses like \"127.0.0.1:8080\""));
         // An inline table's repeated key is the one at the error, not the line's.
         let line = "backends = [{ addr = \"a:1\", addr = \"a:2\" }]";
         let at = &line[line.rfind("addr").unwrap()..];

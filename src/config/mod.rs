@@ -129,6 +129,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What is valid but probably not meant: `check` prints these, `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.routes.is_empty() {
+            out.push("no [[route]]: every request will be answered 404".to_owned());
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if !self.routes.iter().any(|r| r.upstream == i) {
+                out.push(format!(
+                    "upstream `{}` is used by no route: its backends are probed, and /readyz waits for one of them",
+                    u.name
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and parses the file at `path`; errors name the path as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();

@@ -99,6 +99,13 @@ pub fn summary(c: &Config) -> String {
             );
         }
     }
+    let warnings = c.warnings();
+    if !warnings.is_empty() {
+        let _ = writeln!(s, "warnings:");
+        for w in warnings {
+            let _ = writeln!(s, "  {w}");
+        }
+    }
     s
 }
 
