@@ -30,6 +30,9 @@ async fn host_with_port_and_forwarding_headers_reach_the_backend() {
         // Not set by tether, but believed by apps (Spring, Rack): dropped as well.
         ("x-forwarded-ssl", "on"),
         ("x-forwarded-prefix", "/admin"),
+        // The same with `_`, which CGI-style servers read as `-`.
+        ("x_forwarded_proto", "https"),
+        ("x_real_ip", "6.6.6.6"),
     ];
     let http_seen = seen_http(&proxy, "chat.example.com:8080", &spoof).await;
     let (_ws, ws_seen) = ws(proxy.addr, "/ws?u=1", &spoof).await;
@@ -48,6 +51,8 @@ async fn host_with_port_and_forwarding_headers_reach_the_backend() {
         assert_eq!(header(seen, "forwarded"), None);
         assert_eq!(header(seen, "x-forwarded-ssl"), None);
         assert_eq!(header(seen, "x-forwarded-prefix"), None);
+        assert_eq!(header(seen, "x_forwarded_proto"), None);
+        assert_eq!(header(seen, "x_real_ip"), None);
     }
     // The upgrade reached the backend as an upgrade.
     assert_eq!(header(&ws_seen, "upgrade"), Some("websocket"));

@@ -21,8 +21,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::header::{
-    CONNECTION, COOKIE, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use ipnet::IpNet;
 
@@ -188,17 +187,14 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             HeaderValue::from_str(&text).ok()
         }
     } else {
-        // Every `X-Forwarded-*`, not only those tether sets: apps believe others too
-        // (`-Ssl` and `-Prefix`: Spring's ForwardedHeaderFilter, Rack).
         let spoofed: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with("x-forwarded-"))
+            .filter(|k| forwarding_name(k.as_str()))
             .cloned()
             .collect();
         for n in spoofed {
             headers.remove(n);
         }
-        headers.remove(FORWARDED);
         Some(peer.clone())
     };
     if let Some(v) = xff {
@@ -231,6 +227,23 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         };
         headers.insert(X_FORWARDED_PORT, port);
     }
+}
+
+/// A name an app may read as forwarding information: every `X-Forwarded-*`, not only
+/// those tether sets (apps believe `-Ssl` and `-Prefix` too: Spring's
+/// ForwardedHeaderFilter, Rack), `X-Real-IP` and `Forwarded`, also with `_` for `-`
+/// (CGI-style servers read `X_Forwarded_Proto` as `X-Forwarded-Proto`).
+fn forwarding_name(name: &str) -> bool {
+    let like = |n: &[u8], want: &[u8]| {
+        n.len() == want.len()
+            && n.iter()
+                .zip(want)
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    let n = name.as_bytes();
+    n.get(..12).is_some_and(|p| like(p, b"x-forwarded-"))
+        || like(n, b"x-real-ip")
+        || like(n, b"forwarded")
 }
 
 /// The client reached the edge over https: the first `X-Forwarded-Proto` value, once
@@ -332,6 +345,9 @@ mod tests {
             ("x-forwarded-ssl", "on"),
             ("x-forwarded-prefix", "/admin"),
             ("x-forwarded-server", "evil"),
+            ("x_forwarded_proto", "https"),
+            ("x-forwarded_ssl", "on"),
+            ("x_real_ip", "6.6.6.6"),
         ]);
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         let client = client_ip(peer, &[], &h);
@@ -358,6 +374,9 @@ mod tests {
             "x-forwarded-ssl",
             "x-forwarded-prefix",
             "x-forwarded-server",
+            "x_forwarded_proto",
+            "x-forwarded_ssl",
+            "x_real_ip",
         ] {
             assert_eq!(get(&h, gone), None, "{gone}");
         }
