@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::listener::{Listener, Settings, configure, http1};
+use crate::listener::{ACCEPT_ERROR_PAUSE, Listener, Settings, configure, http1};
 use crate::metrics::Format;
 use crate::principal::Principal;
 use crate::proxy::Body;
@@ -61,6 +61,8 @@ pub(crate) async fn accept_loop(
             Ok((s, _)) => s,
             Err(e) => {
                 warn!(error = %e, "admin accept failed");
+                // Out of descriptors, say: pause rather than spin while they drain.
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
@@ -106,7 +108,8 @@ fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            let body = live.metrics.encode(&snap, &live.registry, format);
+            let slots = (&*live.connections, live.max_connections);
+            let body = live.metrics.encode(&snap, &live.registry, slots, format);
             respond(StatusCode::OK, format.content_type(), body)
         }
         "/api/backends" => json_response(StatusCode::OK, backends(&snap, live)),

@@ -32,7 +32,7 @@ use crate::snapshot::Live;
 
 /// How long accepting pauses after running out of file descriptors, so the loop does
 /// not spin while connections drain.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// A bound listening socket and the `bind` it was configured with (settings are looked
 /// up by that key in the current snapshot, so a test may bind port 0).
@@ -81,24 +81,12 @@ pub(crate) async fn accept_loop(
         Err(_) => info!(bind = %listener.bind, "listening"),
     }
     let token = tasks.token().clone();
-    let slots = live.connections.clone();
+    let mut saturated = false;
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                warn!(bind = %listener.bind, max_connections = live.max_connections, "connection limit reached: new connections wait until one ends");
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = stop.cancelled() => break,
-                }
-            }
-        };
         let accepted = tokio::select! {
-            r = listener.socket.accept() => r,
+            biased;
             () = stop.cancelled() => break,
+            r = listener.socket.accept() => r,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -108,6 +96,31 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        live.accepted.fetch_add(1, Ordering::Relaxed);
+        // Taken after the accept, so an idle listener holds no slot; at the limit
+        // this one accepted connection waits, and the rest wait in the kernel's
+        // queue, until a slot frees.
+        let slot = match live.connections.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !saturated {
+                    warn!(bind = %listener.bind, max_connections = live.max_connections, "connection limit reached: new connections wait until one ends");
+                    saturated = true;
+                }
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    slot = live.connections.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        if saturated && live.connections.available_permits() > 0 {
+            info!(bind = %listener.bind, "below the connection limit again");
+            saturated = false;
+        }
         configure(&stream);
         let Some(settings) = Settings::of(&live, listener.bind) else {
             continue;

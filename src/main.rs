@@ -180,6 +180,31 @@ fn raise_open_files() {
     }
 }
 
+/// `max_connections`: as configured, else what the open-file limit allows with two
+/// descriptors per connection (a tunnel holds one to the client and one to its
+/// backend), after a reserve for pooled backend connections, probes, the admin
+/// listener and files. HAProxy derives its `maxconn` from `ulimit -n` the same way.
+/// Running out of descriptors instead would fail probes and connects alike.
+fn connection_limit(configured: Option<usize>) -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let reserve = (soft / 4).min(1024);
+    let fits = usize::try_from((soft - reserve) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    match configured {
+        Some(n) if n > fits => {
+            warn!(
+                max_connections = n,
+                open_files = soft,
+                "max_connections is more than the open-file limit allows ({fits}): descriptors may run out first"
+            );
+            n
+        }
+        Some(n) => n,
+        None => fits,
+    }
+}
+
 fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     out!("{}: ok\n{}", path.display(), summary(&config));
@@ -215,6 +240,8 @@ async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
         .await
         .with_context(|| path.display().to_string())?;
     let at_start = StartOnly::of(&config, cli_json);
+    let mut config = config;
+    config.max_connections = Some(connection_limit(config.max_connections));
     let live = Arc::new(Live::new(&config));
     let max_connections = live.max_connections;
     let server = Server::start(live, listeners);

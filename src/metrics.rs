@@ -18,6 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use crate::registry::Registry as Tunnels;
 use crate::snapshot::Snapshot;
@@ -148,7 +149,7 @@ impl Metrics {
         );
         registry.register(
             "backend_failures",
-            "Failures on live traffic (refused or timed-out connects, upgrades not answered in time), by backend",
+            "Failures on live traffic (refused or timed-out connects, upgrades unanswered by a backend that answers nothing else), by backend",
             m.backend_failures.clone(),
         );
         registry.register(
@@ -193,9 +194,15 @@ impl Metrics {
             .clone()
     }
 
-    /// The whole exposition in `format`: counters, then gauges computed from `snap`
-    /// and `tunnels`.
-    pub fn encode(&self, snap: &Snapshot, tunnels: &Tunnels, format: Format) -> String {
+    /// The whole exposition in `format`: counters, then gauges computed from `snap`,
+    /// `tunnels` and the client connections' `slots` (`max` in all).
+    pub fn encode(
+        &self,
+        snap: &Snapshot,
+        tunnels: &Tunnels,
+        slots: (&Semaphore, usize),
+        format: Format,
+    ) -> String {
         let up: Family<BackendLabels, Gauge> = Family::default();
         let live: Family<TunnelLabels, Gauge> = Family::default();
         for u in &snap.upstreams {
@@ -227,6 +234,22 @@ impl Metrics {
             live.get_or_create(&labels).inc();
         }
         let mut now = Registry::with_prefix("tether");
+        let (slots, max) = slots;
+        let gauge = |v: usize| {
+            let g: Gauge = Gauge::default();
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            g
+        };
+        now.register(
+            "connections",
+            "Client connections (and WebSockets over HTTP/2) holding a slot of max_connections",
+            gauge(max.saturating_sub(slots.available_permits())),
+        );
+        now.register(
+            "connections_max",
+            "max_connections: at this many, new connections wait in the kernel's queue",
+            gauge(max),
+        );
         now.register("backend_up", "1 if the backend is up, 0 if down", up);
         now.register(
             "tunnels_live",
@@ -255,8 +278,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// OpenMetrics when the `Accept` header names it, else the text format (as the Go
-    /// client libraries decide).
+    /// OpenMetrics when the `Accept` header names it, else the text format: what
+    /// Prometheus and curl get from the Go client too (q-values are not weighed).
     pub fn negotiate(accept: Option<&str>) -> Format {
         if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
             Format::OpenMetrics
@@ -325,6 +348,11 @@ mod tests {
         assert!(text.contains("# TYPE tether_build_info gauge\n"));
         assert!(text.contains("# TYPE tether_upgrade_duration_seconds histogram\n"));
         assert!(!text.contains("# EOF"));
+        // HELP is copied across formats as is: fine while no text needs escaping
+        // (OpenMetrics escapes `"`, the text format does not).
+        for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            assert!(!help.contains(['"', '\\']), "{help}");
+        }
         // Every sample belongs to a family declared under its own name (histograms by
         // their suffixes), which is what the text format's parsers require.
         let families: HashSet<&str> = text

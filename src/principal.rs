@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
@@ -21,6 +21,7 @@ use std::sync::LazyLock;
 
 use hyper::Uri;
 use hyper::header::{COOKIE, HeaderMap, HeaderName};
+use siphasher::sip::SipHasher13;
 
 use crate::balance::key_hash;
 
@@ -93,9 +94,27 @@ impl Principal {
     /// they cannot. The price: fingerprints differ between processes (and restarts).
     /// `/api/owner?key=...` names a key's fingerprint in the running process.
     pub fn fingerprint(self) -> Fingerprint {
-        static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-        Fingerprint((KEY.hash_one(self.0) >> 32) as u32)
+        static KEY: LazyLock<[u8; 16]> = LazyLock::new(fingerprint_key);
+        self.fingerprint_with(&KEY)
     }
+
+    fn fingerprint_with(self, key: &[u8; 16]) -> Fingerprint {
+        let mut h = SipHasher13::new_with_key(key);
+        h.write_u64(self.0);
+        Fingerprint((h.finish() >> 32) as u32)
+    }
+}
+
+/// This process's fingerprint key: from the OS's generator, else (no randomness to be
+/// had) from std's per-process random hasher keys.
+fn fingerprint_key() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if getrandom::fill(&mut key).is_err() {
+        let state = RandomState::new();
+        key[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
+        key[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
+    }
+    key
 }
 
 impl fmt::Debug for Principal {
@@ -362,6 +381,13 @@ mod tests {
         for p in &keys {
             assert_eq!(p.fingerprint(), p.fingerprint());
         }
+        // The key decides: another key, other fingerprints.
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let differ = keys
+            .iter()
+            .filter(|p| p.fingerprint_with(&a) != p.fingerprint_with(&b))
+            .count();
+        assert_eq!(differ, keys.len());
     }
 
     #[test]

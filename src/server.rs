@@ -34,8 +34,15 @@ const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// (up to a few ms on a large heap) is rare.
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
-    // Tunnels opened and closed; client connection slots in use.
-    let churn_now = || (live.registry.churn(), live.connections.available_permits());
+    // Tunnels opened and closed; client connections accepted, and in use (which
+    // changes as they close).
+    let churn_now = || {
+        (
+            live.registry.churn(),
+            live.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            live.connections.available_permits(),
+        )
+    };
     let mut churn = churn_now();
     let mut untrimmed = false;
     let mut trimmed = Instant::now();

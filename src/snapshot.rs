@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -109,25 +110,15 @@ pub struct Live {
     pub metrics: Metrics,
     /// Recent notable events (transitions, reloads, drains), newest last.
     events: Mutex<VecDeque<Event>>,
-    /// One permit per client connection being served, `max_connections` in all
-    /// (sized at start): when none is left, listeners stop accepting and new
-    /// connections wait in the kernel's queue, as HAProxy does at `maxconn`.
+    /// One permit per client connection being served (and per WebSocket an HTTP/2
+    /// connection carries), `max_connections` in all, sized at start: when none is
+    /// left, listeners stop accepting and new connections wait in the kernel's
+    /// queue, as HAProxy does at `maxconn`.
     pub connections: Arc<Semaphore>,
+    /// The permits `connections` was made with.
     pub max_connections: usize,
-}
-
-/// `max_connections` by default: what the open-file limit allows with two descriptors
-/// per connection (a tunnel holds one to the client and one to its backend), keeping
-/// a reserve for pooled backend connections, probes, the admin listener and files.
-/// HAProxy derives its `maxconn` from `ulimit -n` the same way. Running out of
-/// descriptors instead would fail probes and backend connects alike and look like
-/// every backend dying.
-pub fn auto_max_connections() -> usize {
-    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let reserve = (soft / 4).min(1024);
-    usize::try_from((soft - reserve) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1)
+    /// Client connections accepted so far (the heap trim watches it for churn).
+    pub accepted: AtomicU64,
 }
 
 /// Something an operator should see on the status page.
@@ -145,10 +136,15 @@ impl Live {
     pub fn new(config: &Config) -> Live {
         let lasting = Lasting::default();
         let snapshot = Snapshot::build(config, &lasting);
-        let max_connections = config.max_connections.unwrap_or_else(auto_max_connections);
+        // Unset: no limit here; `tether run` sets it from the open-file limit.
+        let max_connections = config
+            .max_connections
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
         Live {
-            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            accepted: AtomicU64::new(0),
             current: ArcSwap::from_pointee(snapshot),
             lasting,
             registry: Arc::new(Registry::default()),

@@ -163,6 +163,27 @@ async fn past_max_connections_clients_wait_for_a_slot_and_a_tunnel_holds_one() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn an_idle_listener_holds_no_connection_slot() {
+    // With one slot and two listeners, the idle one must not sit on the slot between
+    // the busy one's connections.
+    let nodes = nodes(&["a"]).await;
+    let toml = format!(
+        "max_connections = 1\n[[listener]]\nbind = \"127.0.0.2:0\"\n{}",
+        config(&nodes, "", "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    for _ in 0..3 {
+        let (_, head) = raw_head(
+            proxy.addr,
+            b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_is_not_blamed_on_the_backends() {
     let nodes = nodes(&["a", "b"]).await;

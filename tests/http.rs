@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,6 +324,29 @@ async fn a_stalled_request_body_is_timed_out() {
     let mut got = Vec::new();
     let ended = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
     assert!(ended.is_ok(), "a stalled body held its connection open");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A slow body that never pauses for the whole timeout is not cut: the clock starts
+    // again at every read.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /info HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for byte in b"0123456789" {
+        // The client's pace, under test: well within body_timeout, three times it in all.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&[*byte]).await.unwrap();
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         got.starts_with(b"HTTP/1.1 200"),
         "{}",

@@ -195,6 +195,13 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         "histogram count"
     );
     assert_eq!(value(&after, "tether_tunnels_live", &[("route", "/")]), 4.0);
+    // Each open WebSocket holds a connection slot.
+    assert!(value(&after, "tether_connections", &[]) >= 4.0);
+    let max = value(&after, "tether_connections_max", &[]);
+    assert!(
+        max > 4.0 && max < 1e7,
+        "max_connections from the open-file limit: {max}"
+    );
     assert!(value(&after, "tether_tunnel_bytes_total", &[("direction", "up")]) >= 6.0 * 16.0);
     assert!(
         value(

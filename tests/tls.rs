@@ -875,3 +875,54 @@ async fn pings_after_a_request_do_not_keep_an_http2_connection() {
         .ok();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn each_websocket_over_http2_takes_a_connection_slot_of_its_own() {
+    // One h2 connection may carry many tunnels, each with a backend connection of its
+    // own: counting them all as the one connection would let a few clients run tether
+    // out of descriptors under any max_connections.
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let toml = format!(
+        "max_connections = 2\n{}",
+        tls_config(&nodes, &cert_keys(&leaf), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (mut h2, port, _driver) = h2_client(&proxy, &pki).await;
+    let mut first = h2_ws(&mut h2, port, "/ws?u=1").await;
+    // The connection and its first tunnel hold both slots: the next tunnel is refused.
+    let req = Request::connect(format!("https://chat.example.com:{port}/ws?u=2"))
+        .header("sec-websocket-version", "13")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    // The first is unharmed, and its slot comes back when it closes.
+    let greeting = first.next().await.unwrap().unwrap();
+    assert!(greeting.is_text(), "{greeting:?}");
+    first.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    let mut second = eventually(|| async {
+        let req = Request::connect(format!("https://chat.example.com:{port}/ws?u=3"))
+            .header("sec-websocket-version", "13")
+            .extension(Protocol::from_static("websocket"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut resp = h2.clone().send_request(req).await.unwrap();
+        if resp.status() != 200 {
+            return None;
+        }
+        let io = TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+        Some(WebSocketStream::from_raw_socket(io, Role::Client, None).await)
+    })
+    .await;
+    assert!(second.next().await.unwrap().unwrap().is_text());
+    proxy.stop().await;
+}

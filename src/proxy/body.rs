@@ -54,7 +54,7 @@ pub struct BodyTaken;
 
 /// The client sent nothing of its body for the listener's `body_timeout`.
 #[derive(Debug, thiserror::Error)]
-#[error("the client sent no body bytes for {0:?}")]
+#[error("the client sent no body bytes for {}", crate::config::human(*.0))]
 pub struct BodyStalled(pub Duration);
 
 impl RetryBody {

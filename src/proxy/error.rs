@@ -3,6 +3,7 @@
 //! not answer in time), a transfer coding tether cannot pass on 501.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -11,6 +12,7 @@ use hyper::{Response, StatusCode};
 
 use super::Body;
 use super::body::BodyStalled;
+use crate::config::human;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -24,6 +26,12 @@ pub enum ProxyError {
     InvalidHost,
     #[error("the request body is malformed or was cut short: {0}")]
     ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the client sent no request body bytes for {}", human(*.0))]
+    BodyStalled(Duration),
+    #[error("tether is serving as many connections as it may ({0}); try again")]
+    AtCapacity(usize),
+    #[error("tether is short of local resources to reach a backend: {0}")]
+    LocalShortage(String),
     #[error("CONNECT is not supported: tether is a reverse proxy")]
     Connect,
     #[error("transfer codings other than a single `chunked` are not supported")]
@@ -64,8 +72,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             // As nginx answers a `client_body_timeout`.
-            ProxyError::ClientBody(e) if caused_by::<BodyStalled>(&**e) => {
-                StatusCode::REQUEST_TIMEOUT
+            ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::AtCapacity(_) | ProxyError::LocalShortage(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
@@ -113,24 +122,28 @@ fn causes<'a>(
     std::iter::successors(Some(e), |e| e.source())
 }
 
-/// Whether `e` is, or wraps, an error of type `T`.
-fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    causes(e).any(|e| e.is::<T>())
+impl ProxyError {
+    /// Reading the client's body failed: [`ProxyError::BodyStalled`] if it stalled,
+    /// else [`ProxyError::ClientBody`].
+    pub fn client_body(e: Box<dyn std::error::Error + Send + Sync>) -> ProxyError {
+        let stalled = causes(&*e).find_map(|e| Some(e.downcast_ref::<BodyStalled>()?.0));
+        match stalled {
+            Some(after) => ProxyError::BodyStalled(after),
+            None => ProxyError::ClientBody(e),
+        }
+    }
 }
 
 /// Whether `e`, or an error it wraps, is this host running short of something a
-/// connection needs (file descriptors, ephemeral ports, kernel memory): a failure of
-/// tether's, not of the backend it was connecting to, so it must not count against
-/// that backend's health (or a descriptor flood would take every backend down).
+/// connection needs (file descriptors, socket buffers): a failure of tether's, not of
+/// the backend it was connecting to, so it must not count against that backend's
+/// health (or a descriptor flood would take every backend down). Not
+/// `EADDRNOTAVAIL`: besides ephemeral ports running out, it is what an IPv6 backend
+/// gives on a host without IPv6, every time, and that backend must go down.
 pub fn local_shortage(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e)
         .filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
-        .any(|errno| {
-            matches!(
-                errno,
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL
-            )
-        })
+        .any(|errno| matches!(errno, libc::EMFILE | libc::ENFILE | libc::ENOBUFS))
 }
 
 /// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
@@ -156,15 +169,16 @@ mod tests {
     fn local_shortages_are_told_from_backend_failures() {
         use crate::upstream::ConnectError;
         let wrapped = |errno| ConnectError::from(std::io::Error::from_raw_os_error(errno));
-        for errno in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::EADDRNOTAVAIL,
-            libc::ENOBUFS,
-        ] {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS] {
             assert!(local_shortage(&wrapped(errno)), "{errno}");
         }
-        for errno in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+        // EADDRNOTAVAIL is also an IPv6 backend on a host without IPv6: the backend's.
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            libc::EADDRNOTAVAIL,
+        ] {
             assert!(!local_shortage(&wrapped(errno)), "{errno}");
         }
     }
@@ -194,6 +208,12 @@ mod tests {
             (ProxyError::TransferCoding, 501),
             (ProxyError::TooManyHeaders, 431),
             (ProxyError::ClientBody(io()), 400),
+            (
+                ProxyError::client_body(Box::new(BodyStalled(Duration::from_secs(60)))),
+                408,
+            ),
+            (ProxyError::AtCapacity(10), 503),
+            (ProxyError::LocalShortage("Too many open files".into()), 503),
             (
                 ProxyError::NoPrincipal {
                     expected: "cookie:S".into(),

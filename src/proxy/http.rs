@@ -55,9 +55,11 @@ impl Proxy {
                 Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
-                    self.connect_failed(upstream, b, &e)
+                    last = self.connect_failed(upstream, b, &e).or(last);
                 }
-                Ok(Err(e)) if body.client_failed() => return Err(ProxyError::ClientBody(e.into())),
+                Ok(Err(e)) if body.client_failed() => {
+                    return Err(ProxyError::client_body(e.into()));
+                }
                 Ok(Err(e)) => return Err(failed(e.into())),
                 // A slow answer is this request's problem, not the node's: it does not
                 // count against health, or one slow endpoint would take every node

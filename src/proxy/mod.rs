@@ -15,7 +15,9 @@
 //! and the next one is tried. A backend that accepts but does not answer in time moves
 //! the request on if it can safely be sent twice (an upgrade, or an idempotent method
 //! whose body was not sent), else the client gets 504; an unanswered upgrade counts
-//! against the backend's health, a slow plain response does not.
+//! against the backend's health if the backend answers nothing else either, a slow
+//! plain response never does. A connect that fails for want of local descriptors is
+//! not the backend's failure.
 
 mod access;
 mod body;
@@ -53,6 +55,7 @@ use headers::{
 };
 use websocket::Asked;
 
+use crate::config::human;
 use crate::metrics::{BackendLabels, RequestLabels};
 use crate::principal::{self, Fallback, Principal};
 use crate::rebalance::on_transition;
@@ -255,7 +258,7 @@ impl Proxy {
                 let asked = Asked {
                     flavor,
                     stream: conn.streams.as_ref().map(crate::listener::Open::new),
-                    slot: conn.slot.clone(),
+                    slot: self.tunnel_slot(conn)?,
                 };
                 self.upgrade(req, asked, upstream, route, principal, access)
                     .await?
@@ -271,40 +274,81 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// The share of `max_connections` a new tunnel holds: its HTTP/1.1 connection's,
+    /// or on HTTP/2, where one connection carries many tunnels (each with a backend
+    /// connection of its own), a slot of its own.
+    fn tunnel_slot(&self, conn: &ConnInfo) -> Result<Arc<OwnedSemaphorePermit>, ProxyError> {
+        if conn.streams.is_none() {
+            return Ok(conn.slot.clone());
+        }
+        let slots = self.live.connections.clone();
+        slots
+            .try_acquire_owned()
+            .map(Arc::new)
+            .map_err(|_| ProxyError::AtCapacity(self.live.max_connections))
+    }
+
     /// A connect to `b` failed: a failure on live traffic, unless this host ran short
-    /// of descriptors or ports, which is not the backend's doing.
+    /// of descriptors or buffers, which is not the backend's doing; then the error the
+    /// client hears if no other backend can be reached either.
     fn connect_failed(
         &self,
         upstream: &Upstream,
         b: &Backend,
         e: &(dyn std::error::Error + 'static),
-    ) {
+    ) -> Option<ProxyError> {
         if error::local_shortage(e) {
-            warn!(upstream = %upstream.name, backend = %b.id, error = %chain(e), "cannot connect to the backend for want of local resources; not counted against it");
+            debug!(upstream = %upstream.name, backend = %b.id, error = %chain(e), "cannot connect for want of local resources; not counted against the backend");
+            Some(ProxyError::LocalShortage(chain(e)))
         } else {
-            self.passive_failure(upstream, b, &chain(e));
+            passive_failure(&self.live, upstream, b, &chain(e));
+            None
         }
     }
 
-    /// A connect to `b` failed, or it did not answer in time: count it against the
-    /// backend's health, and act if that takes it down.
-    fn passive_failure(&self, upstream: &Upstream, b: &Backend, detail: &str) {
-        warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic");
-        let labels = BackendLabels {
-            upstream: upstream.name.to_string(),
-            backend: b.id.to_string(),
-        };
-        self.live
-            .metrics
-            .backend_failures
-            .get_or_create(&labels)
-            .inc();
-        if let Some(t) = b
-            .health
-            .passive_failure(&upstream.config.health.thresholds, detail)
-        {
-            on_transition(&self.live, b, t);
+    /// `b` did not answer an upgrade within `waited`. That counts against it only if
+    /// it answers no plain request either ([`crate::probe::answers`]): asked in the
+    /// background, so the upgrade moves on to the next candidate at once, and at most
+    /// once at a time per backend, however many upgrades it held.
+    fn unanswered_upgrade(&self, upstream: &Upstream, b: &Backend, waited: Duration) {
+        if !b.health.start_check() {
+            return;
         }
+        let live = self.live.clone();
+        let (name, id) = (upstream.name.clone(), b.id.clone());
+        let health = b.health.clone();
+        self.tasks.spawn(async move {
+            let snap = live.load();
+            // Gone by a reload meanwhile: nothing to count it against.
+            if let Some(u) = snap.upstream(&name)
+                && let Some(b) = u.backend(&id)
+            {
+                let detail = format!("no answer to an upgrade within {}", human(waited));
+                if crate::probe::answers(b, &u.config.health).await {
+                    warn!(upstream = %name, backend = %id, "{detail}, but it answers requests: not counted against its health");
+                } else {
+                    passive_failure(&live, u, b, &detail);
+                }
+            }
+            health.end_check();
+        });
+    }
+}
+
+/// A connect to `b` failed, or it did not answer in time: count it against the
+/// backend's health, and act if that takes it down.
+fn passive_failure(live: &Live, upstream: &Upstream, b: &Backend, detail: &str) {
+    warn!(upstream = %upstream.name, backend = %b.id, error = %detail, "backend failed on live traffic");
+    let labels = BackendLabels {
+        upstream: upstream.name.to_string(),
+        backend: b.id.to_string(),
+    };
+    live.metrics.backend_failures.get_or_create(&labels).inc();
+    if let Some(t) = b
+        .health
+        .passive_failure(&upstream.config.health.thresholds, detail)
+    {
+        on_transition(live, b, t);
     }
 }
 

@@ -14,8 +14,9 @@
 //! websocket; take the backend's `OnUpgrade`; answer the client and splice the two
 //! upgraded connections in a task that the shutdown tracker owns, registered in the
 //! tunnel registry. Any other answer is relayed as an ordinary response. A backend that
-//! does not answer within `upgrade_timeout` counts against its health and the next
-//! candidate is tried (an upgrade is a GET without a body: safe to repeat).
+//! does not answer within `upgrade_timeout` is passed over for the next candidate (an
+//! upgrade is a GET without a body: safe to repeat), and counts against its health
+//! only if it then answers no plain request either ([`crate::probe::answers`]).
 
 use std::sync::Arc;
 
@@ -35,13 +36,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::error::{ProxyError, chain};
 use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
 use super::{Access, Body, Proxy, exhausted, relay, same_head};
-use crate::config::human;
 use crate::listener::Open;
 use crate::metrics::UpgradeLabels;
 use crate::principal::Principal;
@@ -195,7 +195,7 @@ impl Proxy {
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.connect_failed(upstream, b, &e);
+                    last = self.connect_failed(upstream, b, &e).or(last);
                     continue;
                 }
             };
@@ -210,12 +210,7 @@ impl Proxy {
                     });
                 }
                 Err(_) => {
-                    let detail = format!("no answer to an upgrade within {}", human(timeout));
-                    if crate::probe::answers(b, &upstream.config.health).await {
-                        warn!(upstream = %upstream.name, backend = %b.id, "{detail}, but it answers requests: not counted against its health");
-                    } else {
-                        self.passive_failure(upstream, b, &detail);
-                    }
+                    self.unanswered_upgrade(upstream, b, timeout);
                     last = Some(ProxyError::Timeout {
                         backend: b.id.clone(),
                     });

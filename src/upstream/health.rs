@@ -109,6 +109,9 @@ pub struct Health {
     changed_at: AtomicU64,
     reason: Mutex<String>,
     connect_failures: AtomicU64,
+    /// A check of whether it answers at all is under way (see
+    /// `Proxy::unanswered_upgrade`).
+    checking: AtomicBool,
 }
 
 impl Health {
@@ -119,6 +122,7 @@ impl Health {
             changed_at: AtomicU64::new(now_ms()),
             reason: Mutex::new(if up { "started up" } else { "started down" }.into()),
             connect_failures: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
         }
     }
 
@@ -164,6 +168,20 @@ impl Health {
             plural(t.passive_fails)
         );
         Some(self.changed(to, reason))
+    }
+
+    /// Claims the backend's one check at a time; false if one is under way.
+    pub fn start_check(&self) -> bool {
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_check(&self) {
+        self.checking.store(false, Ordering::Release);
+    }
+
+    /// A check is under way.
+    pub fn checking(&self) -> bool {
+        self.checking.load(Ordering::Acquire)
     }
 
     /// Real-traffic failures since this state was created.
