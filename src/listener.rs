@@ -81,7 +81,6 @@ pub(crate) async fn accept_loop(
         Err(_) => info!(bind = %listener.bind, "listening"),
     }
     let token = tasks.token().clone();
-    let mut saturated = false;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -103,9 +102,11 @@ pub(crate) async fn accept_loop(
         let slot = match live.connections.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                if !saturated {
-                    warn!(bind = %listener.bind, max_connections = live.max_connections, "connection limit reached: new connections wait until one ends");
-                    saturated = true;
+                if !live.saturated.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        max_connections = live.max_connections,
+                        "connection limit reached: new connections wait until one ends"
+                    );
                 }
                 tokio::select! {
                     biased;
@@ -117,10 +118,6 @@ pub(crate) async fn accept_loop(
                 }
             }
         };
-        if saturated && live.connections.available_permits() > 0 {
-            info!(bind = %listener.bind, "below the connection limit again");
-            saturated = false;
-        }
         configure(&stream);
         let Some(settings) = Settings::of(&live, listener.bind) else {
             continue;

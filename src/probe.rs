@@ -103,7 +103,7 @@ async fn prober(live: Arc<Live>, key: BackendKey, stop: CancellationToken) {
             ))),
         };
         if let Err(e) = &result {
-            if e.local {
+            if e.local(live.registry.load(&up.name, &key)) {
                 // Says nothing about the backend either way.
                 warn!(backend = %key.id, error = %e.detail, "cannot probe for want of local resources; result ignored");
                 continue;
@@ -135,15 +135,19 @@ fn offset(key: &BackendKey, interval: Duration) -> Duration {
 /// Why a probe failed.
 struct Failed {
     detail: String,
-    /// This host ran short of descriptors or ports: not the backend's failure.
+    /// This host ran short of descriptors or buffers: not the backend's failure.
     local: bool,
+    /// ... or of source ports, if tether holds connections to the backend
+    /// ([`local_shortage`]).
+    local_if_held: bool,
 }
 
 impl Failed {
     fn of(e: &(dyn std::error::Error + 'static)) -> Failed {
         Failed {
             detail: chain(e),
-            local: local_shortage(e),
+            local: local_shortage(e, false),
+            local_if_held: local_shortage(e, true),
         }
     }
 
@@ -151,7 +155,13 @@ impl Failed {
         Failed {
             detail,
             local: false,
+            local_if_held: false,
         }
+    }
+
+    /// Says nothing about the backend, which holds `tunnels` of tether's.
+    fn local(&self, tunnels: usize) -> bool {
+        self.local || self.local_if_held && tunnels > 0
     }
 }
 
@@ -177,7 +187,8 @@ async fn probe(backend: &Backend, kind: &Probe) -> Result<(), Failed> {
 /// unanswered: a frozen node answers nothing, but a live one whose path merely held
 /// the upgrade (a long-poll endpoint, a server with no WebSocket handler there) does,
 /// and must not be taken down, with all its tunnels, by whoever sent it.
-pub async fn answers(backend: &Backend, health: &HealthConfig) -> bool {
+/// `tunnels`: how many tether holds to it (see [`local_shortage`]).
+pub async fn answers(backend: &Backend, health: &HealthConfig, tunnels: usize) -> bool {
     let (method, path, host) = match &health.probe {
         Probe::Http { path, host } => (Method::GET, path.as_str(), host.as_deref()),
         Probe::Tcp => (Method::OPTIONS, "*", None),
@@ -185,7 +196,7 @@ pub async fn answers(backend: &Backend, health: &HealthConfig) -> bool {
     match tokio::time::timeout(health.timeout, ask(backend, method, path, host)).await {
         Ok(Ok(_)) => true,
         // Unasked for want of local resources: no evidence against the backend.
-        Ok(Err(failed)) => failed.local,
+        Ok(Err(failed)) => failed.local(tunnels),
         Err(_) => false,
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let churn_now = || {
         (
             live.registry.churn(),
-            live.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            live.accepted.load(Ordering::Relaxed),
             live.connections.available_permits(),
         )
     };
@@ -50,6 +51,16 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
+        }
+        // Eased to 90% of max_connections or below since the limit was reached.
+        if live.saturated.load(Ordering::Relaxed)
+            && live.connections.available_permits() >= live.max_connections / 10
+            && live.saturated.swap(false, Ordering::Relaxed)
+        {
+            info!(
+                max_connections = live.max_connections,
+                "below the connection limit again"
+            );
         }
         let closed = live.registry.close_idle(now_ms());
         if closed > 0 {

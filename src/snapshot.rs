@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -119,6 +119,8 @@ pub struct Live {
     pub max_connections: usize,
     /// Client connections accepted so far (the heap trim watches it for churn).
     pub accepted: AtomicU64,
+    /// `max_connections` was reached and has not eased since (the log says each once).
+    pub saturated: AtomicBool,
 }
 
 /// Something an operator should see on the status page.
@@ -145,6 +147,7 @@ impl Live {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             accepted: AtomicU64::new(0),
+            saturated: AtomicBool::new(false),
             current: ArcSwap::from_pointee(snapshot),
             lasting,
             registry: Arc::new(Registry::default()),

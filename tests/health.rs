@@ -370,7 +370,7 @@ async fn an_unanswered_upgrade_takes_a_silent_node_down_but_not_a_live_one() {
     let toml = format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\nprincipal = [\"query:u\"]\n\
          [upstream.app]\nbackends = [{{ addr = \"{}\", name = \"a\" }}, {{ addr = \"{holding}\", name = \"holding\" }}, {{ addr = \"{silent}\", name = \"silent\" }}]\n\
-         upgrade_timeout = \"300ms\"\n[upstream.app.health]\ninterval = \"1h\"\ntimeout = \"300ms\"\npassive_fails = 1\n",
+         upgrade_timeout = \"300ms\"\n[upstream.app.health]\ninterval = \"1h\"\ntimeout = \"2s\"\npassive_fails = 1\n",
         live[0].addr
     );
     let proxy = Proxy::start(&toml).await;
@@ -399,6 +399,8 @@ async fn an_unanswered_upgrade_takes_a_silent_node_down_but_not_a_live_one() {
     let k = key_of("silent");
     assert_eq!(ws_node(proxy.addr, &format!("/ws?u={k}"), &[]).await, "a");
     let silent = health("silent");
+    // The client was served while the check still waits on the silent node.
+    assert!(silent.checking(), "the upgrade waited for the check");
     eventually(|| async { (!silent.is_up()).then_some(()) }).await;
     holding_task.abort();
     silent_task.abort();

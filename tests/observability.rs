@@ -128,6 +128,13 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
     let mut bin = Binary::spawn(&["run", "--config", &path]);
     let addr = bin.wait_listening();
     let admin_addr = bin.wait_admin();
+    let started = bin.wait_for("tether started");
+    let max_connections: f64 = started
+        .split("max_connections=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("max_connections in the start line");
 
     let before = scrape(admin_addr).await;
     exposition_formats(admin_addr).await;
@@ -195,13 +202,11 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         "histogram count"
     );
     assert_eq!(value(&after, "tether_tunnels_live", &[("route", "/")]), 4.0);
-    // Each open WebSocket holds a connection slot.
-    assert!(value(&after, "tether_connections", &[]) >= 4.0);
+    // Each open WebSocket holds a connection slot, of max_connections.
     let max = value(&after, "tether_connections_max", &[]);
-    assert!(
-        max > 4.0 && max < 1e7,
-        "max_connections from the open-file limit: {max}"
-    );
+    assert_eq!(max, max_connections);
+    let held = value(&after, "tether_connections", &[]);
+    assert!((4.0..max).contains(&held), "{held} of {max}");
     assert!(value(&after, "tether_tunnel_bytes_total", &[("direction", "up")]) >= 6.0 * 16.0);
     assert!(
         value(

@@ -28,10 +28,10 @@ pub enum ProxyError {
     ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the client sent no request body bytes for {}", human(*.0))]
     BodyStalled(Duration),
-    #[error("tether is serving as many connections as it may ({0}); try again")]
+    #[error("max_connections ({0}) reached: no slot for another WebSocket; try again")]
     AtCapacity(usize),
-    #[error("tether is short of local resources to reach a backend: {0}")]
-    LocalShortage(String),
+    #[error("short of local resources to reach a backend: {0}")]
+    LocalShortage(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("CONNECT is not supported: tether is a reverse proxy")]
     Connect,
     #[error("transfer codings other than a single `chunked` are not supported")]
@@ -135,15 +135,20 @@ impl ProxyError {
 }
 
 /// Whether `e`, or an error it wraps, is this host running short of something a
-/// connection needs (file descriptors, socket buffers): a failure of tether's, not of
-/// the backend it was connecting to, so it must not count against that backend's
-/// health (or a descriptor flood would take every backend down). Not
-/// `EADDRNOTAVAIL`: besides ephemeral ports running out, it is what an IPv6 backend
-/// gives on a host without IPv6, every time, and that backend must go down.
-pub fn local_shortage(e: &(dyn std::error::Error + 'static)) -> bool {
+/// connection needs: a failure of tether's, not of the backend it was connecting to,
+/// so it must not count against that backend's health (or a descriptor flood would
+/// take every backend down). File descriptors and socket buffers always; source
+/// ports (`EADDRNOTAVAIL`, about 28,000 connections to one address with Linux's
+/// default port range) only when tether `holds` live connections to the backend,
+/// since the same error is what an IPv6 backend gives on a host without IPv6, every
+/// time, and that backend must go down.
+pub fn local_shortage(e: &(dyn std::error::Error + 'static), holds: bool) -> bool {
     causes(e)
         .filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
-        .any(|errno| matches!(errno, libc::EMFILE | libc::ENFILE | libc::ENOBUFS))
+        .any(|errno| {
+            matches!(errno, libc::EMFILE | libc::ENFILE | libc::ENOBUFS)
+                || errno == libc::EADDRNOTAVAIL && holds
+        })
 }
 
 /// An error and all its sources, `outer: inner: innermost`, for logs: hyper's
@@ -170,16 +175,18 @@ mod tests {
         use crate::upstream::ConnectError;
         let wrapped = |errno| ConnectError::from(std::io::Error::from_raw_os_error(errno));
         for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS] {
-            assert!(local_shortage(&wrapped(errno)), "{errno}");
+            assert!(local_shortage(&wrapped(errno), false), "{errno}");
         }
-        // EADDRNOTAVAIL is also an IPv6 backend on a host without IPv6: the backend's.
+        // Out of source ports, with connections to the backend open, is local; with
+        // none, EADDRNOTAVAIL is an address this host cannot reach: the backend's.
+        assert!(local_shortage(&wrapped(libc::EADDRNOTAVAIL), true));
         for errno in [
             libc::ECONNREFUSED,
             libc::ETIMEDOUT,
             libc::EHOSTUNREACH,
             libc::EADDRNOTAVAIL,
         ] {
-            assert!(!local_shortage(&wrapped(errno)), "{errno}");
+            assert!(!local_shortage(&wrapped(errno), false), "{errno}");
         }
     }
 
@@ -213,7 +220,12 @@ mod tests {
                 408,
             ),
             (ProxyError::AtCapacity(10), 503),
-            (ProxyError::LocalShortage("Too many open files".into()), 503),
+            (
+                ProxyError::LocalShortage(Box::new(std::io::Error::from_raw_os_error(
+                    libc::EMFILE,
+                ))),
+                503,
+            ),
             (
                 ProxyError::NoPrincipal {
                     expected: "cookie:S".into(),

@@ -55,7 +55,8 @@ impl Proxy {
                 Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
-                    last = self.connect_failed(upstream, b, &e).or(last);
+                    // A timeout or broken answer from another candidate says more.
+                    last = last.or(self.connect_failed(upstream, b, e.into()));
                 }
                 Ok(Err(e)) if body.client_failed() => {
                     return Err(ProxyError::client_body(e.into()));

@@ -31,6 +31,7 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,6 +63,7 @@ use crate::rebalance::on_transition;
 use crate::route::host_name;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
+use crate::upstream::health::now_ms;
 use crate::upstream::{Backend, Upstream};
 
 fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
@@ -117,10 +119,13 @@ impl Proxy {
                 access.backend = e.backend().cloned();
                 // A backend's failure is the operator's business (nginx logs it at
                 // `error`); a client's own is not, or any client could flood the log.
+                let shortage =
+                    matches!(e, ProxyError::LocalShortage(_) | ProxyError::AtCapacity(_));
                 if matches!(
                     e.status(),
                     StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-                ) {
+                ) || shortage && rarely(&SHORTAGE_WARNED)
+                {
                     warn!(route = access.route.as_deref(), backend = access.backend.as_deref(), error = %chain(&e), "request failed");
                 } else {
                     debug!(error = %chain(&e), "request failed");
@@ -258,7 +263,7 @@ impl Proxy {
                 let asked = Asked {
                     flavor,
                     stream: conn.streams.as_ref().map(crate::listener::Open::new),
-                    slot: self.tunnel_slot(conn)?,
+                    slot: conn.slot.clone(),
                 };
                 self.upgrade(req, asked, upstream, route, principal, access)
                     .await?
@@ -274,34 +279,24 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The share of `max_connections` a new tunnel holds: its HTTP/1.1 connection's,
-    /// or on HTTP/2, where one connection carries many tunnels (each with a backend
-    /// connection of its own), a slot of its own.
-    fn tunnel_slot(&self, conn: &ConnInfo) -> Result<Arc<OwnedSemaphorePermit>, ProxyError> {
-        if conn.streams.is_none() {
-            return Ok(conn.slot.clone());
-        }
-        let slots = self.live.connections.clone();
-        slots
-            .try_acquire_owned()
-            .map(Arc::new)
-            .map_err(|_| ProxyError::AtCapacity(self.live.max_connections))
-    }
-
     /// A connect to `b` failed: a failure on live traffic, unless this host ran short
-    /// of descriptors or buffers, which is not the backend's doing; then the error the
-    /// client hears if no other backend can be reached either.
+    /// of descriptors, buffers or ports ([`error::local_shortage`]), which is not the
+    /// backend's doing; then the error the client hears if no other backend can be
+    /// reached either.
     fn connect_failed(
         &self,
         upstream: &Upstream,
         b: &Backend,
-        e: &(dyn std::error::Error + 'static),
+        e: Box<dyn std::error::Error + Send + Sync>,
     ) -> Option<ProxyError> {
-        if error::local_shortage(e) {
-            debug!(upstream = %upstream.name, backend = %b.id, error = %chain(e), "cannot connect for want of local resources; not counted against the backend");
-            Some(ProxyError::LocalShortage(chain(e)))
+        let held = self.live.registry.load(&upstream.name, &b.key) > 0;
+        if error::local_shortage(&*e, held) {
+            if rarely(&SHORTAGE_WARNED) {
+                warn!(upstream = %upstream.name, backend = %b.id, error = %chain(&*e), "cannot connect for want of local resources; not counted against the backend (said at most once a second)");
+            }
+            Some(ProxyError::LocalShortage(e))
         } else {
-            passive_failure(&self.live, upstream, b, &chain(e));
+            passive_failure(&self.live, upstream, b, &chain(&*e));
             None
         }
     }
@@ -311,28 +306,49 @@ impl Proxy {
     /// background, so the upgrade moves on to the next candidate at once, and at most
     /// once at a time per backend, however many upgrades it held.
     fn unanswered_upgrade(&self, upstream: &Upstream, b: &Backend, waited: Duration) {
-        if !b.health.start_check() {
+        let Some(check) = b.health.start_check() else {
             return;
-        }
+        };
         let live = self.live.clone();
         let (name, id) = (upstream.name.clone(), b.id.clone());
-        let health = b.health.clone();
+        let stop = self.tasks.token().clone();
         self.tasks.spawn(async move {
             let snap = live.load();
-            // Gone by a reload meanwhile: nothing to count it against.
-            if let Some(u) = snap.upstream(&name)
-                && let Some(b) = u.backend(&id)
-            {
-                let detail = format!("no answer to an upgrade within {}", human(waited));
-                if crate::probe::answers(b, &u.config.health).await {
-                    warn!(upstream = %name, backend = %id, "{detail}, but it answers requests: not counted against its health");
-                } else {
-                    passive_failure(&live, u, b, &detail);
-                }
+            // Gone by a reload meanwhile, or now another server under the same id:
+            // nothing to count it against.
+            let Some(u) = snap.upstream(&name) else { return };
+            let Some(b) = u.backend(&id).filter(|b| Arc::ptr_eq(&b.health, check.health()))
+            else {
+                return;
+            };
+            let tunnels = live.registry.load(&name, &b.key);
+            let answers = tokio::select! {
+                a = crate::probe::answers(b, &u.config.health, tunnels) => a,
+                // Shutting down: no verdict, and no tunnels closed for it.
+                () = stop.cancelled() => return,
+            };
+            let detail = format!("no answer to an upgrade within {}", human(waited));
+            if answers {
+                warn!(upstream = %name, backend = %id, "{detail}, but it answers requests: not counted against its health");
+            } else {
+                passive_failure(&live, u, b, &detail);
             }
-            health.end_check();
         });
     }
+}
+
+/// When [`rarely`] last said yes, in [`now_ms`] (process-wide: one warning a second
+/// about local shortages, however many requests meet them).
+static SHORTAGE_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once a second per `last`.
+fn rarely(last: &AtomicU64) -> bool {
+    let now = now_ms();
+    let before = last.load(Ordering::Relaxed);
+    now.saturating_sub(before) >= 1000
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// A connect to `b` failed, or it did not answer in time: count it against the
@@ -381,9 +397,9 @@ pub(crate) fn same_head(parts: &hyper::http::request::Parts) -> hyper::http::req
     r.into_parts().0
 }
 
-/// What the client hears when every candidate failed: `last`, the last failure that
-/// was not a refused connect (a backend that accepted and then timed out or broke the
-/// exchange), else that no backend accepted a connection.
+/// What the client hears when every candidate failed: `last`, the failure worth
+/// telling (a backend that accepted and then timed out or broke the exchange, else
+/// tether's own shortage of descriptors), else that no backend accepted a connection.
 fn exhausted(last: Option<ProxyError>, upstream: &Upstream) -> ProxyError {
     last.unwrap_or_else(|| ProxyError::NoBackend {
         upstream: upstream.name.clone(),

@@ -160,6 +160,16 @@ impl Proxy {
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         debug!(?flavor, principal = %principal.fingerprint(), "WebSocket requested");
+        // The share of `max_connections` the tunnel holds: its HTTP/1.1 connection's,
+        // or on HTTP/2, where one connection carries many tunnels (each with a backend
+        // connection of its own), a slot of its own.
+        let slot = match flavor {
+            Flavor::Http1 => slot,
+            Flavor::Http2 => match self.live.connections.clone().try_acquire_owned() {
+                Ok(own) => Arc::new(own),
+                Err(_) => return Err(ProxyError::AtCapacity(self.live.max_connections)),
+            },
+        };
         let client = hyper::upgrade::on(&mut req);
         // A handshake has no body (RFC 6455 §4.1): none is forwarded, so none may be
         // announced either, or the backend would take the first WebSocket bytes for it.
@@ -195,7 +205,8 @@ impl Proxy {
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
-                    last = self.connect_failed(upstream, b, &e).or(last);
+                    // A timeout or broken answer from another candidate says more.
+                    last = last.or(self.connect_failed(upstream, b, e.into()));
                     continue;
                 }
             };

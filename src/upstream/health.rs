@@ -170,13 +170,10 @@ impl Health {
         Some(self.changed(to, reason))
     }
 
-    /// Claims the backend's one check at a time; false if one is under way.
-    pub fn start_check(&self) -> bool {
-        !self.checking.swap(true, Ordering::AcqRel)
-    }
-
-    pub fn end_check(&self) {
-        self.checking.store(false, Ordering::Release);
+    /// Claims the backend's one check at a time, until the guard drops; `None` if one
+    /// is under way.
+    pub fn start_check(self: &Arc<Self>) -> Option<Check> {
+        (!self.checking.swap(true, Ordering::AcqRel)).then(|| Check(self.clone()))
     }
 
     /// A check is under way.
@@ -250,6 +247,23 @@ fn shared<K: Eq + std::hash::Hash, V>(
     let v = Arc::new(make());
     entries.insert(key, Arc::downgrade(&v));
     v
+}
+
+/// A claimed check (see [`Health::start_check`]); dropping it, however the check
+/// ends, lets the next one start.
+#[derive(Debug)]
+pub struct Check(Arc<Health>);
+
+impl Check {
+    pub fn health(&self) -> &Arc<Health> {
+        &self.0
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        self.0.checking.store(false, Ordering::Release);
+    }
 }
 
 /// The plural "s" of a count's noun.
