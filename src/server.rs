@@ -24,15 +24,20 @@ use crate::{admin, heap, probe, rebalance};
 /// How often idle tunnels are looked for: idle timeouts are honoured to within this.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
+/// Connections in use whose halving is worth a trim at once.
+const TRIM_EBB: usize = 256;
+
 /// Under steady churn the heap is trimmed at most this often.
 const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Closes tunnels that have been idle past their route's `idle_timeout` (1001), and
 /// gives the heap freed by churn back ([`heap::trim`]): once the churn stops (a
-/// second in which no tunnel and no client connection opened or closed), or every
-/// minute while it goes on. So a burst of handshakes, or a flood of connections that
-/// never became tunnels, does not leave its buffers resident, and the trim's pause
-/// (up to a few ms on a large heap) is rare.
+/// second in which no tunnel and no client connection opened or closed), as soon as
+/// the connections in use have fallen to half a peak of at least [`TRIM_EBB`] (a
+/// flood that ended while other traffic goes on), or every minute while churn goes
+/// on. So a burst of handshakes, or a flood of connections that never became
+/// tunnels, does not leave its buffers resident, and the trim's pause (up to a few ms
+/// on a large heap) is rare.
 async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(IDLE_SWEEP);
     // Tunnels opened and closed; client connections accepted, and in use (which
@@ -44,7 +49,9 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
             live.connections.available_permits(),
         )
     };
+    let in_use = || live.max_connections - live.connections.available_permits();
     let mut churn = churn_now();
+    let mut peak = in_use();
     let mut untrimmed = false;
     let mut trimmed = Instant::now();
     loop {
@@ -70,8 +77,12 @@ async fn sweep_idle(live: Arc<Live>, stop: CancellationToken) {
         let quiet = now == churn;
         churn = now;
         untrimmed |= !quiet;
-        if untrimmed && (quiet || trimmed.elapsed() >= TRIM_AT_MOST_EVERY) {
+        let using = in_use();
+        peak = peak.max(using);
+        let ebbed = peak >= TRIM_EBB && using <= peak / 2;
+        if untrimmed && (quiet || ebbed || trimmed.elapsed() >= TRIM_AT_MOST_EVERY) {
             heap::trim();
+            peak = using;
             untrimmed = false;
             trimmed = Instant::now();
         }
