@@ -150,16 +150,8 @@ async fn past_max_connections_clients_wait_for_a_slot_and_a_tunnel_holds_one() {
     // The tunnel's end gives its slot back, and the waiting client is served.
     tunnel.close(None).await.unwrap();
     while let Some(Ok(_)) = tunnel.next().await {}
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, third.read_to_end(&mut answer))
-        .await
-        .expect("the waiting client was never served")
-        .unwrap();
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = read_until_closed(&mut third, "the waiting client was never served").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     proxy.stop().await;
 }
 

@@ -235,11 +235,7 @@ async fn http2_carries_requests_and_many_websockets_on_one_connection() {
     let mut sockets = Vec::new();
     for i in 0..6 {
         let key = format!("user{i}");
-        let req = Request::connect(format!("https://chat.example.com:{port}/ws?u={key}"))
-            .header("sec-websocket-version", "13")
-            .extension(Protocol::from_static("websocket"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = websocket_connect(port, &format!("/ws?u={key}"));
         let mut resp = h2.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "extended CONNECT for {key}");
         let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
@@ -593,17 +589,22 @@ async fn h2_ws(
     WebSocketStream::from_raw_socket(stream, Role::Client, None).await
 }
 
+/// An extended CONNECT (RFC 8441, `:protocol = websocket`) to `path`.
+fn websocket_connect(port: u16, path: &str) -> Request<Empty<Bytes>> {
+    Request::connect(format!("https://chat.example.com:{port}{path}"))
+        .header("sec-websocket-version", "13")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap()
+}
+
 /// The byte stream of an extended CONNECT (`:protocol = websocket`) to `path`.
 async fn h2_connect(
     h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     port: u16,
     path: &str,
 ) -> TokioIo<hyper::upgrade::Upgraded> {
-    let req = Request::connect(format!("https://chat.example.com:{port}{path}"))
-        .header("sec-websocket-version", "13")
-        .extension(Protocol::from_static("websocket"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = websocket_connect(port, path);
     let mut resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200, "extended CONNECT to {path}");
     TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap())
@@ -709,11 +710,7 @@ async fn http2_upgrades_a_backend_did_not_really_accept_are_502s() {
         ("/liar", "Sec-WebSocket-Accept"),
         ("/page", "a 2xx, not 101"),
     ] {
-        let req = Request::connect(format!("https://chat.example.com:{port}{path}"))
-            .header("sec-websocket-version", "13")
-            .extension(Protocol::from_static("websocket"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = websocket_connect(port, path);
         let resp = h2.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 502, "{path}");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -892,11 +889,7 @@ async fn each_websocket_over_http2_takes_a_connection_slot_of_its_own() {
     let (mut h2, port, _driver) = h2_client(&proxy, &pki).await;
     let mut first = h2_ws(&mut h2, port, "/ws?u=1").await;
     // The connection and its first tunnel hold both slots: the next tunnel is refused.
-    let req = Request::connect(format!("https://chat.example.com:{port}/ws?u=2"))
-        .header("sec-websocket-version", "13")
-        .extension(Protocol::from_static("websocket"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = websocket_connect(port, "/ws?u=2");
     let resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 503);
     // The first is unharmed, and its slot comes back when it closes.
@@ -910,11 +903,7 @@ async fn each_websocket_over_http2_takes_a_connection_slot_of_its_own() {
     first.close(None).await.unwrap();
     while let Some(Ok(_)) = first.next().await {}
     let mut second = eventually(|| async {
-        let req = Request::connect(format!("https://chat.example.com:{port}/ws?u=3"))
-            .header("sec-websocket-version", "13")
-            .extension(Protocol::from_static("websocket"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = websocket_connect(port, "/ws?u=3");
         let mut resp = h2.clone().send_request(req).await.unwrap();
         if resp.status() != 200 {
             return None;

@@ -555,6 +555,15 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, String) {
 }
 
 /// Opens a raw connection, sends `bytes`, and returns it with the response head.
+/// What `s` sends until it closes (or resets), as text; panics naming `what` if it is
+/// still open after PATIENCE.
+pub async fn read_until_closed(s: &mut TcpStream, what: &str) -> String {
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "still open after {PATIENCE:?}: {what}");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 pub async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
