@@ -287,9 +287,10 @@ async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
 /// returned.
 async fn reload(server: &Server, path: &Path, at_start: &StartOnly) -> Result<(), String> {
     let keep = "reload failed; the running configuration stays";
+    // Counted before it is logged: whoever reads the log line then finds the metric.
     let failed = |why: String| {
-        error!("{keep}: {why}");
         server.reload_failed(&why);
+        error!("{keep}: {why}");
         Err(why)
     };
     // Reading files and resolving backend host names block: off the runtime's
