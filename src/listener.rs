@@ -198,13 +198,10 @@ async fn serve(
         service_fn(move |req| {
             let proxy = proxy.clone();
             let info = info.clone();
-            let open = info.streams.as_ref().map(|a| {
-                a.requests.fetch_add(1, Ordering::Relaxed);
-                Open::new(a)
-            });
+            let open = info.streams.as_ref().map(Open::request);
             async move {
                 let resp = proxy.handle(req, &info).await;
-                Ok::<_, Infallible>(resp.map(|body| body.holding(open)))
+                Ok::<_, Infallible>(resp.map(|body| body.holding(open.map(Open::answered))))
             }
         })
     };
@@ -323,6 +320,13 @@ async fn http2<I, S, B>(
             // A request that has arrived wins over the timer.
             biased;
             r = conn.as_mut() => break r,
+            () = activity.abusive.notified() => {
+                return info!(
+                    requests = activity.requests.load(Ordering::Relaxed),
+                    reset = activity.premature.load(Ordering::Relaxed),
+                    "HTTP/2 client reset most of its requests before their answer; closed"
+                );
+            }
             () = token.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
@@ -350,29 +354,76 @@ async fn http2<I, S, B>(
     }
 }
 
-/// What an HTTP/2 connection's idle timeout looks at.
+/// A request an HTTP/2 client resets within this long of sending it, before its
+/// answer, is a premature reset (Envoy's `premature_reset_min_stream_lifetime`).
+const PREMATURE: Duration = Duration::from_secs(1);
+/// Requests an HTTP/2 connection may make before its premature resets are judged
+/// (Envoy's `premature_reset_total_stream_count`): a browser leaving a page cancels a
+/// few dozen, an attacker thousands.
+const PREMATURE_JUDGED_AFTER: u64 = 500;
+
+/// What an HTTP/2 connection's idle timeout and its reset guard look at.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     /// Requests seen at all.
     requests: AtomicU64,
     /// Streams open: requests being handled, response bodies being sent, WebSockets.
     open: AtomicUsize,
+    /// Requests reset prematurely (see [`PREMATURE`]).
+    premature: AtomicU64,
+    /// Woken once more than half of at least [`PREMATURE_JUDGED_AFTER`] requests were
+    /// reset prematurely: each made tether start work (a backend connection, a request)
+    /// that the reset threw away, so the client is made to pay a connection for them
+    /// (the HTTP/2 "rapid reset" attack, CVE-2023-44487, in the variant that waits for
+    /// the request to be accepted, which h2's own limit on resets does not see).
+    abusive: tokio::sync::Notify,
 }
 
 /// One open stream of an HTTP/2 connection, counted in [`Activity`] until dropped.
 #[derive(Debug)]
-pub(crate) struct Open(Arc<Activity>);
+pub(crate) struct Open {
+    activity: Arc<Activity>,
+    /// For a request not yet answered: when it arrived.
+    asked: Option<tokio::time::Instant>,
+}
 
 impl Open {
+    /// A stream that is not a request of its own (a WebSocket tunnel's).
     pub(crate) fn new(activity: &Arc<Activity>) -> Open {
         activity.open.fetch_add(1, Ordering::Relaxed);
-        Open(activity.clone())
+        Open {
+            activity: activity.clone(),
+            asked: None,
+        }
+    }
+
+    /// A request that has just arrived: counted, and a premature reset if dropped
+    /// unanswered within [`PREMATURE`].
+    pub(crate) fn request(activity: &Arc<Activity>) -> Open {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        let mut open = Open::new(activity);
+        open.asked = Some(tokio::time::Instant::now());
+        open
+    }
+
+    /// The request's answer is ready: the stream stays open while its body is sent.
+    pub(crate) fn answered(mut self) -> Open {
+        self.asked = None;
+        self
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.activity;
+        a.open.fetch_sub(1, Ordering::Relaxed);
+        if self.asked.is_some_and(|t| t.elapsed() < PREMATURE) {
+            let reset = a.premature.fetch_add(1, Ordering::Relaxed) + 1;
+            let requests = a.requests.load(Ordering::Relaxed);
+            if requests >= PREMATURE_JUDGED_AFTER && reset * 2 > requests {
+                a.abusive.notify_one();
+            }
+        }
     }
 }
 

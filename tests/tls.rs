@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use common::pki::{Leaf, Pki};
@@ -19,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tether::principal::Principal;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -913,5 +914,101 @@ async fn each_websocket_over_http2_takes_a_connection_slot_of_its_own() {
     })
     .await;
     assert!(second.next().await.unwrap().unwrap().is_text());
+    proxy.stop().await;
+}
+
+/// A backend that reads request heads and never answers; the count of heads read.
+async fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // hyper writes a request head in one piece.
+                let mut head = [0u8; 4096];
+                if matches!(s.read(&mut head).await, Ok(n) if n > 0) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = closes(&mut s).await;
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// 100 requests to the silent backend on `h2`, cancelled (RST_STREAM) once the
+/// backend has all of them, or at once if `conn` ends first.
+async fn cancel_100(
+    h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    port: u16,
+    heads: &AtomicUsize,
+    conn: &tokio::task::JoinHandle<()>,
+) {
+    let before = heads.load(Ordering::SeqCst);
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let req = Request::get(format!("https://chat.example.com:{port}/silent?u={i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        batch.spawn(h2.send_request(req));
+    }
+    eventually(|| async {
+        (heads.load(Ordering::SeqCst) >= before + 100 || conn.is_finished()).then_some(())
+    })
+    .await;
+    batch.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_resets_most_requests_early_loses_its_connection() {
+    let (silent, heads) = silent_backend().await;
+    let (pki, proxy, _nodes) = tls_proxy(
+        None,
+        &format!(
+            "\n[[route]]\npath = \"/silent\"\nupstream = \"silent\"\n\
+             [upstream.silent]\nbackends = [\"{silent}\"]\n"
+        ),
+    )
+    .await;
+    let info = |port: u16| {
+        Request::get(format!("https://chat.example.com:{port}/info"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    // A client that cancels some of its requests (a browser leaving pages) keeps its
+    // connection: 450 answered, then 200 cancelled.
+    let (mut good, port, good_conn) = h2_client(&proxy, &pki).await;
+    for _ in 0..9 {
+        let answers: Vec<_> = (0..50).map(|_| good.send_request(info(port))).collect();
+        for a in futures_util::future::join_all(answers).await {
+            assert_eq!(a.unwrap().status(), 200);
+        }
+    }
+    for _ in 0..2 {
+        cancel_100(&mut good, port, &heads, &good_conn).await;
+    }
+    assert_eq!(good.send_request(info(port)).await.unwrap().status(), 200);
+
+    // One that cancels nearly every request it makes, each after tether has passed it
+    // to the backend, is closed once it has made 500.
+    let (mut bad, _, bad_conn) = h2_client(&proxy, &pki).await;
+    let mut made = 0;
+    while !bad_conn.is_finished() && made < 1000 {
+        cancel_100(&mut bad, port, &heads, &bad_conn).await;
+        made += 100;
+    }
+    tokio::time::timeout(PATIENCE, bad_conn)
+        .await
+        .expect("a client resetting every request kept its connection")
+        .unwrap();
+    assert!((500..=700).contains(&made), "closed after {made} requests");
+
+    // Nobody else noticed.
+    assert!(!good_conn.is_finished());
+    assert_eq!(good.send_request(info(port)).await.unwrap().status(), 200);
     proxy.stop().await;
 }
