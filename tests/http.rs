@@ -156,6 +156,78 @@ async fn a_response_framed_both_ways_loses_its_content_length() {
 }
 
 #[tokio::test]
+async fn a_repeated_content_length_reaches_the_client_as_one() {
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let (status, headers, body) = http(proxy.addr, get("t", "/", &[])).await;
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"hello");
+    let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths, ["5"]);
+    proxy.stop().await;
+}
+
+/// The data of a chunked body (RFC 9112 §7.1), trailers ignored.
+fn dechunk(mut body: &str) -> String {
+    let mut data = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size line");
+        let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if n == 0 {
+            return data;
+        }
+        data.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+}
+
+#[tokio::test]
+async fn bodies_without_a_length_reach_the_backend_whatever_the_method() {
+    // hyper sends a GET without a length as bodiless unless told it is chunked; the
+    // client's body must not vanish on the way (nginx passes it on too).
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    for method in ["GET", "POST", "DELETE"] {
+        let answer = raw(
+            proxy.addr,
+            format!(
+                "{method} /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert_eq!(dechunk(body), "hello world", "{method}: {answer}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_expected_continue_comes_from_tether_and_the_body_follows() {
+    // tether answers `Expect: 100-continue` itself and does not pass it on (see
+    // tests/forwarding.rs): the client still gets its 100 and its body arrives.
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let (mut s, head) = raw_head(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nExpect: 100-continue\r\n\
+          Content-Length: 5\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    s.write_all(b"hello").await.unwrap();
+    let rest = read_until_closed(&mut s, "the echo").await;
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains("hello"), "{rest}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_protocol_switch_nobody_asked_for_is_a_502() {
     // RFC 9110 §15.2.2: a server must not switch to a protocol the client did not ask
     // for; passed on, the client would sit on a connection it cannot use.

@@ -3,8 +3,11 @@
 //! - Hop-by-hop headers are removed in both directions (RFC 9110 §7.6.1: "a proxy or
 //!   gateway MUST remove any received connection options before forwarding", i.e.
 //!   `Connection` and every header it names, plus `Proxy-Connection`, `Keep-Alive`,
-//!   `TE`, `Transfer-Encoding` and `Upgrade`). `Host` is never removed, whatever
-//!   `Connection` names.
+//!   `TE`, `Transfer-Encoding` and `Upgrade`). `Host` and the forwarding headers are
+//!   never removed, whatever `Connection` names: they are tether's to judge, and a
+//!   client behind a trusted balancer must not strip the balancer's `X-Forwarded-*`
+//!   by naming them (nginx ignores such names altogether).
+//! - A `Content-Length` sent as a list or twice (`5, 5`) goes on as one value.
 //! - `Host` is forwarded exactly as the client sent it, port included.
 //! - From an untrusted peer, incoming `X-Forwarded-*`, `X-Real-IP` and `Forwarded` are
 //!   discarded and replaced by what tether saw. From a peer in `trusted_proxies` the
@@ -21,7 +24,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::header::{
-    CONNECTION, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use ipnet::IpNet;
 
@@ -33,8 +37,8 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// RFC 9110 §7.6.1. Removes `Connection`, every header it lists (except `Host`), and
-/// the fixed hop-by-hop set.
+/// RFC 9110 §7.6.1. Removes `Connection`, every header it lists (except `Host` and the
+/// forwarding headers), and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         // Browsers name only the standard options (`Upgrade`, `keep-alive`, `close`),
@@ -57,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             let named: Vec<HeaderName> = tokens()
                 .filter(|t| other(t))
                 .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .filter(|n| *n != HOST)
+                .filter(|n| *n != HOST && !forwarding_name(n.as_str()))
                 .collect();
             for n in named {
                 headers.remove(n);
@@ -67,6 +71,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for n in [PROXY_CONNECTION, KEEP_ALIVE, TE, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(n);
+    }
+}
+
+/// A `Content-Length` repeated or sent as a list (`5, 5`) becomes one value: RFC 9110
+/// §8.6 lets a recipient take equal ones as one (hyper did, to read the body), and a
+/// stricter client downstream would refuse the list. Unequal ones, which can only
+/// stand on an answer without a body (HEAD, 304), are dropped.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(v), None) if !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit) => {
+            return;
+        }
+        _ => {}
+    }
+    let agreed = {
+        let mut lengths = headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|t| std::str::from_utf8(t).ok()?.trim().parse::<u64>().ok());
+        let first = lengths.next().flatten();
+        first.filter(|f| lengths.all(|l| l == Some(*f)))
+    };
+    headers.remove(CONTENT_LENGTH);
+    if let Some(n) = agreed {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
 }
 
@@ -296,9 +328,13 @@ mod tests {
     }
 
     #[test]
-    fn strips_hop_by_hop_and_connection_listed_but_never_host() {
+    fn strips_hop_by_hop_and_connection_listed_but_never_host_or_forwarding() {
         let mut h = map(&[
-            ("connection", "keep-alive, X-Secret, host"),
+            ("connection", "keep-alive, X-Secret, host, X-Forwarded-For"),
+            ("connection", "x-forwarded-proto, X-Real-IP"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "203.0.113.7"),
             ("connection", "upgrade"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
@@ -312,7 +348,38 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
-        assert_eq!(left, ["host", "x-keep"]);
+        assert_eq!(
+            left,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-keep",
+                "x-real-ip"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_content_length_list_becomes_one_value() {
+        for (sent, kept) in [
+            (&["5"][..], Some("5")),
+            (&["005"][..], Some("005")),
+            (&["5, 5"][..], Some("5")),
+            (&["5", "5"][..], Some("5")),
+            (&["5,5", " 5 "][..], Some("5")),
+            (&["5", "6"][..], None),
+            (&["5, x"][..], None),
+            (&[""][..], None),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            one_content_length(&mut h);
+            assert_eq!(get(&h, "content-length"), kept, "{sent:?}");
+            assert!(h.get_all(CONTENT_LENGTH).iter().count() <= 1);
+        }
     }
 
     #[test]

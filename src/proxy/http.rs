@@ -2,7 +2,8 @@
 //! body streamed both ways. A body stays replayable (body.rs) until a backend starts
 //! reading it, so a refused connect moves the same request to the next candidate.
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use hyper::{Request, Response, Version};
 use tracing::{debug, warn};
 
@@ -25,7 +26,15 @@ impl Proxy {
         principal: Principal,
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // A body without a length (chunked, or HTTP/2 DATA without `content-length`)
+        // is sent chunked. hyper would do so itself, except for GET and HEAD, which it
+        // sends without their body unless told.
+        if !body.is_end_stream() && !parts.headers.contains_key(CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         let body = RetryBody::new(body, conn.body_timeout);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;

@@ -38,8 +38,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, COOKIE, HOST, HeaderValue, LOCATION, SET_COOKIE, STRICT_TRANSPORT_SECURITY,
-    TRANSFER_ENCODING,
+    CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderValue, LOCATION, SET_COOKIE,
+    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::OwnedSemaphorePermit;
@@ -51,8 +51,8 @@ use access::{Access, Pending};
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{
-    Forwarding, client_https, client_ip, is_trusted, join_cookies, only_chunked, set_forwarding,
-    strip_hop_by_hop,
+    Forwarding, client_https, client_ip, is_trusted, join_cookies, one_content_length,
+    only_chunked, set_forwarding, strip_hop_by_hop,
 };
 use websocket::Asked;
 
@@ -249,6 +249,10 @@ impl Proxy {
         };
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // hyper has answered the client's `100-continue` itself (when the body is first
+        // read); passed on, a backend that answers early without reading the body
+        // could leave it on the pooled connection to be read as the next request.
+        headers.remove(EXPECT);
         set_forwarding(headers, &forwarding);
         if req.version() == Version::HTTP_2 {
             // Backends speak HTTP/1.1, which allows one Cookie header (RFC 9113 §8.2.3).
@@ -465,6 +469,7 @@ fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>,
         parts.headers.remove(CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
+    one_content_length(&mut parts.headers);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 

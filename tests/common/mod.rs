@@ -554,7 +554,6 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, String) {
     (dir, path.to_string_lossy().into_owned())
 }
 
-/// Opens a raw connection, sends `bytes`, and returns it with the response head.
 /// What `s` sends until it closes (or resets), as text; panics naming `what` if it is
 /// still open after PATIENCE.
 pub async fn read_until_closed(s: &mut TcpStream, what: &str) -> String {
@@ -564,6 +563,7 @@ pub async fn read_until_closed(s: &mut TcpStream, what: &str) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Opens a raw connection, sends `bytes`, and returns it with the response head.
 pub async fn raw_head(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
