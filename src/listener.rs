@@ -135,8 +135,9 @@ pub(crate) async fn accept_loop(
             body_timeout: settings.body_timeout,
             streams: None,
             slot: Arc::new(slot),
+            close: token.child_token(),
         });
-        tasks.spawn(serve(stream, settings, info, proxy.clone(), token.clone()));
+        tasks.spawn(serve(stream, settings, info, proxy.clone()));
     }
     info!(bind = %listener.bind, "stopped listening");
 }
@@ -184,13 +185,8 @@ impl Settings {
 }
 
 /// TLS handshake if the listener has TLS, then HTTP/2 if ALPN chose it, else HTTP/1.1.
-async fn serve(
-    stream: TcpStream,
-    settings: Settings,
-    info: Arc<ConnInfo>,
-    proxy: Arc<Proxy>,
-    token: CancellationToken,
-) {
+async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy: Arc<Proxy>) {
+    let token = info.close.clone();
     // The handler; on HTTP/2 it also counts requests and open streams for the idle
     // timeout (a response body being sent is an open stream; so is a WebSocket, whose
     // tunnel holds its own `Open`, see `ConnInfo::streams`).

@@ -208,6 +208,39 @@ async fn bodies_without_a_length_reach_the_backend_whatever_the_method() {
 }
 
 #[tokio::test]
+async fn a_request_with_trailers_ends_its_connection_after_the_answer() {
+    // hyper ends a trailer section at its first empty line, also a bare-LF one, and
+    // drops the rest of what it read (here the second request). A front proxy that
+    // took that for a request of its own must not get the next answer in its place:
+    // the connection ends after this exchange instead.
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let answer = raw(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nX: y\n\r\nGET /info HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(dechunk(body), "hello");
+    // Without trailers the connection is kept.
+    let (mut s, head) = raw_head(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let rest = read_until_closed(&mut s, "the second answer").await;
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn an_expected_continue_comes_from_tether_and_the_body_follows() {
     // tether answers `Expect: 100-continue` itself and does not pass it on (see
     // tests/forwarding.rs): the client still gets its 100 and its body arrives.

@@ -13,6 +13,12 @@
 //! `body_timeout` fails the body with [`BodyStalled`] (408 when no answer has been
 //! sent yet), so it cannot hold a connection and a backend connection open forever
 //! by sending a byte a minute.
+//!
+//! An HTTP/1.1 body that ends with trailers cancels its connection's `close` token:
+//! the connection ends after this exchange. hyper reads a trailer section up to a
+//! CRLF CRLF but parses it only to the first empty line, bare LF included, and drops
+//! the rest; a front proxy that took those dropped bytes for another request would
+//! otherwise get the answer to the next one in its place.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -44,6 +51,8 @@ pub enum RetryBody {
 pub struct Shared {
     slot: Mutex<Option<Incoming>>,
     client_failed: AtomicBool,
+    /// Cancelled when the body brings trailers (see the module doc).
+    close_on_trailers: Option<CancellationToken>,
 }
 
 /// The error when a second attempt polls a body the first already consumed. Cannot
@@ -58,7 +67,7 @@ pub struct BodyTaken;
 pub struct BodyStalled(pub Duration);
 
 impl RetryBody {
-    pub fn new(body: Incoming, stall: Duration) -> RetryBody {
+    pub fn new(body: Incoming, stall: Duration, close: Option<CancellationToken>) -> RetryBody {
         if body.is_end_stream() {
             return RetryBody::Empty;
         }
@@ -67,6 +76,7 @@ impl RetryBody {
             shared: Arc::new(Shared {
                 slot: Mutex::new(Some(body)),
                 client_failed: AtomicBool::new(false),
+                close_on_trailers: close,
             }),
             taken: None,
             hint,
@@ -155,6 +165,12 @@ impl Body for RetryBody {
             Some(Err(e)) => {
                 shared.client_failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e.into())))
+            }
+            Some(Ok(f)) if f.is_trailers() => {
+                if let Some(close) = &shared.close_on_trailers {
+                    close.cancel();
+                }
+                Poll::Ready(Some(Ok(f)))
             }
             other => Poll::Ready(other.map(|f| f.map_err(Into::into))),
         }

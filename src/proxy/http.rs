@@ -35,7 +35,12 @@ impl Proxy {
                 .headers
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-        let body = RetryBody::new(body, conn.body_timeout);
+        // HTTP/1.1 trailers end the connection after this exchange: hyper ends a
+        // trailer section at the first empty line, also a bare-LF one, and drops what
+        // it read beyond it; a front proxy that saw more requests there must not have
+        // its later ones answered out of turn (see body.rs).
+        let close = (parts.version < Version::HTTP_2).then(|| conn.close.clone());
+        let body = RetryBody::new(body, conn.body_timeout, close);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
         let registry = &self.live.registry;

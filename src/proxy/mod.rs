@@ -44,6 +44,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 pub use access::Logged;
@@ -93,6 +94,9 @@ pub struct ConnInfo {
     /// The connection's share of `max_connections`, held by the connection and by every
     /// tunnel it opens (an HTTP/1.1 tunnel outlives its connection's HTTP phase).
     pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    /// Cancelled, the connection ends once its current exchange is done (and at
+    /// shutdown, whose token this is a child of).
+    pub(crate) close: CancellationToken,
 }
 
 /// The request handler shared by every connection.
