@@ -67,7 +67,7 @@ pub struct BodyTaken;
 pub struct BodyStalled(pub Duration);
 
 impl RetryBody {
-    pub fn new(body: Incoming, stall: Duration, close: Option<CancellationToken>) -> RetryBody {
+    pub fn new(body: Incoming, stall: Duration, close: Option<&CancellationToken>) -> RetryBody {
         if body.is_end_stream() {
             return RetryBody::Empty;
         }
@@ -76,7 +76,7 @@ impl RetryBody {
             shared: Arc::new(Shared {
                 slot: Mutex::new(Some(body)),
                 client_failed: AtomicBool::new(false),
-                close_on_trailers: close,
+                close_on_trailers: close.cloned(),
             }),
             taken: None,
             hint,

@@ -39,7 +39,7 @@ impl Proxy {
         // trailer section at the first empty line, also a bare-LF one, and drops what
         // it read beyond it; a front proxy that saw more requests there must not have
         // its later ones answered out of turn (see body.rs).
-        let close = (parts.version < Version::HTTP_2).then(|| conn.close.clone());
+        let close = (parts.version < Version::HTTP_2).then_some(&conn.close);
         let body = RetryBody::new(body, conn.body_timeout, close);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
