@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::TlsConfig;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Proxy, StreamSlot};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 
@@ -196,8 +196,12 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
             let info = info.clone();
             let open = info.streams.as_ref().map(Open::request);
             async move {
-                let resp = proxy.handle(req, &info).await;
-                Ok::<_, Infallible>(resp.map(|body| body.holding(open.map(Open::answered))))
+                let mut resp = proxy.handle(req, &info).await;
+                // An HTTP/2 request's own share of max_connections: kept with its stream
+                // until the answer has been sent.
+                let slot = resp.extensions_mut().remove::<StreamSlot>();
+                let open = open.map(|o| o.answered(slot));
+                Ok::<_, Infallible>(resp.map(|body| body.holding(open)))
             }
         })
     };
@@ -381,6 +385,8 @@ pub(crate) struct Open {
     activity: Arc<Activity>,
     /// For a request not yet answered: when it arrived.
     asked: Option<tokio::time::Instant>,
+    /// The request's share of `max_connections`, while its answer is sent.
+    _slot: Option<StreamSlot>,
 }
 
 impl Open {
@@ -390,6 +396,7 @@ impl Open {
         Open {
             activity: activity.clone(),
             asked: None,
+            _slot: None,
         }
     }
 
@@ -402,9 +409,11 @@ impl Open {
         open
     }
 
-    /// The request's answer is ready: the stream stays open while its body is sent.
-    pub(crate) fn answered(mut self) -> Open {
+    /// The request's answer is ready: the stream stays open, with the request's slot
+    /// if it took one, while its body is sent.
+    pub(crate) fn answered(mut self, slot: Option<StreamSlot>) -> Open {
         self.asked = None;
+        self._slot = slot;
         self
     }
 }

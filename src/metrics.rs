@@ -242,7 +242,7 @@ impl Metrics {
         };
         now.register(
             "connections",
-            "Client connections (and WebSockets over HTTP/2) holding a slot of max_connections",
+            "Client connections (and HTTP/2 streams) holding a slot of max_connections",
             gauge(max.saturating_sub(slots.available_permits())),
         );
         now.register(

@@ -1012,3 +1012,46 @@ async fn an_http2_client_that_resets_most_requests_early_loses_its_connection() 
     assert_eq!(good.send_request(info(port)).await.unwrap().status(), 200);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn each_http2_request_takes_a_connection_slot_until_answered() {
+    // As with WebSockets: each request of an h2 connection has a backend connection of
+    // its own, so 128 requests whose answers are never read would hold 128 descriptors
+    // for one slot.
+    let (silent, heads) = silent_backend().await;
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let toml = format!(
+        "max_connections = 3\n{}\n[[route]]\npath = \"/silent\"\nupstream = \"silent\"\n\
+         [upstream.silent]\nbackends = [\"{silent}\"]\n",
+        tls_config(&nodes, &cert_keys(&leaf), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (mut h2, port, _driver) = h2_client(&proxy, &pki).await;
+    let get = |path: &str| {
+        Request::get(format!("https://chat.example.com:{port}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // A request's slot comes back once it is answered.
+    for _ in 0..3 {
+        assert_eq!(h2.send_request(get("/info")).await.unwrap().status(), 200);
+    }
+    // The connection and two waiting requests hold all three slots.
+    let waiting: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(h2.send_request(get(&format!("/silent?u={i}")))))
+        .collect();
+    eventually(|| async { (heads.load(Ordering::SeqCst) == 2).then_some(()) }).await;
+    let refused = h2.send_request(get("/info")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    // One given up (RST_STREAM), its slot is free again.
+    waiting[0].abort();
+    eventually(|| async {
+        let status = h2.clone().send_request(get("/info")).await.unwrap().status();
+        (status == 200).then_some(())
+    })
+    .await;
+    waiting[1].abort();
+    proxy.stop().await;
+}

@@ -28,7 +28,7 @@ pub enum ProxyError {
     ClientBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the client sent no request body bytes for {}", human(*.0))]
     BodyStalled(Duration),
-    #[error("max_connections ({0}) reached: no slot for another WebSocket; try again")]
+    #[error("max_connections ({0}) reached: no slot for another HTTP/2 stream; try again")]
     AtCapacity(usize),
     #[error("short of local resources to reach a backend: {0}")]
     LocalShortage(#[source] Box<dyn std::error::Error + Send + Sync>),

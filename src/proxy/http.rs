@@ -41,6 +41,10 @@ impl Proxy {
         // its later ones answered out of turn (see body.rs).
         let close = (parts.version < Version::HTTP_2).then_some(&conn.close);
         let body = RetryBody::new(body, conn.body_timeout, close);
+        let slot = match parts.version {
+            Version::HTTP_2 => Some(self.stream_slot()?),
+            _ => None,
+        };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let timeout = upstream.config.response_timeout;
         let registry = &self.live.registry;
@@ -95,6 +99,10 @@ impl Proxy {
             }
         };
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-        relay(resp, &backend.id)
+        let mut resp = relay(resp, &backend.id)?;
+        if let Some(slot) = slot {
+            resp.extensions_mut().insert(slot);
+        }
+        Ok(resp)
     }
 }

@@ -99,6 +99,14 @@ pub struct ConnInfo {
     pub(crate) close: CancellationToken,
 }
 
+/// A share of `max_connections` for one HTTP/2 stream. One HTTP/2 connection carries
+/// up to 128 streams, each with a backend connection of its own: counted as the one
+/// connection, a few clients that stop reading their answers could run tether out of
+/// descriptors under any `max_connections`. A request's slot travels with its answer
+/// (as a response extension) and is held until the answer has been sent.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSlot(pub Arc<OwnedSemaphorePermit>);
+
 /// The request handler shared by every connection.
 #[derive(Debug)]
 pub struct Proxy {
@@ -109,6 +117,14 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(live: Arc<Live>, tasks: Shutdown) -> Proxy {
         Proxy { live, tasks }
+    }
+
+    /// A slot for an HTTP/2 stream, or 503 at `max_connections`.
+    fn stream_slot(&self) -> Result<StreamSlot, ProxyError> {
+        match self.live.connections.clone().try_acquire_owned() {
+            Ok(slot) => Ok(StreamSlot(Arc::new(slot))),
+            Err(_) => Err(ProxyError::AtCapacity(self.live.max_connections)),
+        }
     }
 
     /// Never fails: errors become the response [`ProxyError::response`] chooses.

@@ -161,14 +161,10 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         debug!(?flavor, principal = %principal.fingerprint(), "WebSocket requested");
         // The share of `max_connections` the tunnel holds: its HTTP/1.1 connection's,
-        // or on HTTP/2, where one connection carries many tunnels (each with a backend
-        // connection of its own), a slot of its own.
+        // or on HTTP/2 a slot of its own (see `Proxy::stream_slot`).
         let slot = match flavor {
             Flavor::Http1 => slot,
-            Flavor::Http2 => match self.live.connections.clone().try_acquire_owned() {
-                Ok(own) => Arc::new(own),
-                Err(_) => return Err(ProxyError::AtCapacity(self.live.max_connections)),
-            },
+            Flavor::Http2 => self.stream_slot()?.0,
         };
         let client = hyper::upgrade::on(&mut req);
         // A handshake has no body (RFC 6455 §4.1): none is forwarded, so none may be
