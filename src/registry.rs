@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,6 +76,14 @@ impl CloseReason {
     }
 }
 
+/// How long a tunnel one side has ended may stay without traffic (HAProxy's
+/// `timeout client-fin` / `server-fin`). A WebSocket has no use for a half-open
+/// connection: the peer left is expected to finish its closing at once. One that does
+/// not (a client gone without a Close whose backend ignores the end of stream, or an
+/// HTTP/2 client's RST_STREAM, which hyper reports as an end of stream) would otherwise
+/// hold the tunnel, its backend connection and its slot until `idle_timeout`.
+pub const HALF_CLOSED_IDLE_MS: u64 = 5_000;
+
 /// One tunnel's shared state: its close handle (the first reason set wins) and when
 /// it last moved a byte, which the idle sweeper reads.
 ///
@@ -85,6 +93,8 @@ impl CloseReason {
 #[derive(Debug, Default)]
 pub struct TunnelCtl {
     reason: AtomicU8,
+    /// One side has ended its stream: idle for [`HALF_CLOSED_IDLE_MS`] is enough.
+    half_closed: AtomicBool,
     /// The tunnel task, woken by [`TunnelCtl::close`].
     waker: AtomicWaker,
     /// [`now_ms`] of the last byte in either direction.
@@ -108,10 +118,23 @@ impl TunnelCtl {
         self.last_active.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// True if the tunnel has been idle past its timeout at `now`.
+    /// One side has ended its stream (the other may still send, RFC 9293 half-close).
+    pub fn half_close(&self) {
+        self.half_closed.store(true, Ordering::Relaxed);
+    }
+
+    /// True if the tunnel has been idle past its timeout at `now`: the route's, or once
+    /// half-closed, at most [`HALF_CLOSED_IDLE_MS`].
     fn idle_at(&self, now: u64) -> bool {
-        self.idle_ms > 0
-            && now.saturating_sub(self.last_active.load(Ordering::Relaxed)) >= self.idle_ms
+        let limit = if self.half_closed.load(Ordering::Relaxed) {
+            match self.idle_ms {
+                0 => HALF_CLOSED_IDLE_MS,
+                ms => ms.min(HALF_CLOSED_IDLE_MS),
+            }
+        } else {
+            self.idle_ms
+        };
+        limit > 0 && now.saturating_sub(self.last_active.load(Ordering::Relaxed)) >= limit
     }
 
     /// Asks the tunnel to close. False if it was already asked.
@@ -419,6 +442,23 @@ mod tests {
 
     fn key(id: &str) -> BackendKey {
         BackendKey::new(id.into(), "127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn a_half_closed_tunnel_is_idle_sooner() {
+        let now = now_ms();
+        let later = now + HALF_CLOSED_IDLE_MS;
+        for idle in [Some(Duration::from_secs(3600)), None] {
+            let ctl = TunnelCtl::new(idle);
+            assert!(!ctl.idle_at(later), "{idle:?}");
+            ctl.half_close();
+            assert!(ctl.idle_at(later), "{idle:?}");
+            assert!(!ctl.idle_at(now + 1), "{idle:?}");
+        }
+        // A route timeout shorter than the half-closed one still applies.
+        let short = TunnelCtl::new(Some(Duration::from_millis(100)));
+        short.half_close();
+        assert!(short.idle_at(now + 100));
     }
 
     #[test]

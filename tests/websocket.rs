@@ -238,6 +238,29 @@ fn one_backend(addr: SocketAddr) -> String {
     )
 }
 
+/// A client gone without a Close (here its end of stream) in front of a backend that
+/// ignores the end of stream: the tunnel is closed a few seconds later, not held with
+/// its backend connection until the idle timeout (1 h). (An HTTP/2 client's
+/// RST_STREAM reaches the tunnel as the same end of stream.)
+#[tokio::test]
+async fn a_half_closed_tunnel_nobody_finishes_is_closed_soon() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(&one_backend(l.local_addr().unwrap())).await;
+    let upgrade = async { raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await };
+    let backend = async {
+        let (mut s, _) = l.accept().await.unwrap();
+        assert!(answer_upgrade(&mut s).await);
+        s
+    };
+    // The backend is kept open and silent to the end: it never closes its side.
+    let ((mut client, head), _backend) = tokio::join!(upgrade, backend);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    client.shutdown().await.unwrap();
+    read_until_closed(&mut client, "a half-closed tunnel").await;
+    eventually(|| async { proxy.live.registry.is_empty().then_some(()) }).await;
+    proxy.stop().await;
+}
+
 /// A client whose connection is reset did not say goodbye: the backend sees its end of
 /// stream and no Close frame, as it would without tether (and as behind nginx), so the
 /// app does not take a lost client for one that left on purpose (1001).

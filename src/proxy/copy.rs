@@ -192,6 +192,7 @@ where
         }
         if self.up.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Client);
+            self.ctl.half_close();
         }
         if self.up.frames.saw_close() {
             self.first_close.get_or_insert(Side::Client);
@@ -210,6 +211,7 @@ where
         }
         if self.down.eof && self.first_eof.is_none() {
             self.first_eof = Some(Side::Backend);
+            self.ctl.half_close();
         }
         if self.down.frames.saw_close() {
             self.first_close.get_or_insert(Side::Backend);
