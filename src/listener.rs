@@ -285,7 +285,8 @@ const H2_STREAM_WINDOW: u32 = 64 * 1024;
 /// within `header_timeout` of the TLS handshake is closed (no preface, or only PINGs
 /// and SETTINGS: a slowloris). Later, one with no stream open and no new request for
 /// `header_timeout` is sent GOAWAY; if it has still not ended, with nothing open, one
-/// `header_timeout` after that, it is closed. A connection carrying a WebSocket is
+/// `header_timeout` after that, it is closed. Checked once per `header_timeout`, so
+/// "for `header_timeout`" is one to two of them. A connection carrying a WebSocket is
 /// never idle.
 async fn http2<I, S, B>(
     io: I,
@@ -321,11 +322,15 @@ async fn http2<I, S, B>(
             biased;
             r = conn.as_mut() => break r,
             () = activity.abusive.notified() => {
-                return info!(
+                info!(
                     requests = activity.requests.load(Ordering::Relaxed),
                     reset = activity.premature.load(Ordering::Relaxed),
                     "HTTP/2 client reset most of its requests before their answer; closed"
                 );
+                // GOAWAY, so the client learns why; a moment for what is in flight.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(ABUSIVE_GRACE, conn.as_mut()).await;
+                return;
             }
             () = token.cancelled(), if !closing => {
                 conn.as_mut().graceful_shutdown();
@@ -361,6 +366,10 @@ const PREMATURE: Duration = Duration::from_secs(1);
 /// (Envoy's `premature_reset_total_stream_count`): a browser leaving a page cancels a
 /// few dozen, an attacker thousands.
 const PREMATURE_JUDGED_AFTER: u64 = 500;
+
+/// How long a connection closed for its resets has, after GOAWAY, to finish what it
+/// has in flight.
+const ABUSIVE_GRACE: Duration = Duration::from_secs(1);
 
 /// What an HTTP/2 connection's idle timeout and its reset guard look at.
 #[derive(Debug, Default)]

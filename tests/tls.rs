@@ -560,23 +560,21 @@ async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
 }
 
 /// An HTTP/2 connection to `proxy`: its sender, the port for URLs, and the task that
-/// drives it (it ends when the connection does).
+/// drives it (it ends when the connection does: `Ok` when tether said GOAWAY first).
 async fn h2_client(
     proxy: &Proxy,
     pki: &Pki,
 ) -> (
     hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     u16,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
 ) {
     let stream = h2_tls(proxy, pki).await;
     let (h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let driver = tokio::spawn(conn);
     (h2, proxy.addr.port(), driver)
 }
 
@@ -666,7 +664,8 @@ async fn idle_http2_connections_are_closed_but_their_websockets_live_on() {
     tokio::time::timeout(PATIENCE, conn)
         .await
         .expect("an idle HTTP/2 connection was kept open")
-        .unwrap();
+        .unwrap()
+        .expect("closed without GOAWAY");
     proxy.stop().await;
 }
 
@@ -945,7 +944,7 @@ async fn cancel_100(
     h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     port: u16,
     heads: &AtomicUsize,
-    conn: &tokio::task::JoinHandle<()>,
+    conn: &tokio::task::JoinHandle<hyper::Result<()>>,
 ) {
     let before = heads.load(Ordering::SeqCst);
     let mut batch = tokio::task::JoinSet::new();
@@ -1004,7 +1003,8 @@ async fn an_http2_client_that_resets_most_requests_early_loses_its_connection() 
     tokio::time::timeout(PATIENCE, bad_conn)
         .await
         .expect("a client resetting every request kept its connection")
-        .unwrap();
+        .unwrap()
+        .expect("closed without GOAWAY");
     assert!((500..=700).contains(&made), "closed after {made} requests");
 
     // Nobody else noticed.
@@ -1048,7 +1048,12 @@ async fn each_http2_request_takes_a_connection_slot_until_answered() {
     // One given up (RST_STREAM), its slot is free again.
     waiting[0].abort();
     eventually(|| async {
-        let status = h2.clone().send_request(get("/info")).await.unwrap().status();
+        let status = h2
+            .clone()
+            .send_request(get("/info"))
+            .await
+            .unwrap()
+            .status();
         (status == 200).then_some(())
     })
     .await;
