@@ -50,6 +50,7 @@ pub mod rebalance;
 pub mod registry;
 pub mod reload;
 pub mod route;
+pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;

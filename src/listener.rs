@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::TlsConfig;
 use crate::proxy::{ConnInfo, Proxy, StreamSlot};
+use crate::send_timeout::SendTimeout;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 
@@ -155,6 +156,7 @@ pub(crate) struct Settings {
     max_header_bytes: usize,
     header_timeout: Duration,
     body_timeout: Duration,
+    send_timeout: Duration,
     redirect_https: Option<u16>,
     tls: Option<TlsConfig>,
 }
@@ -166,6 +168,7 @@ impl Settings {
             max_header_bytes: 32 * 1024,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             redirect_https: None,
             tls: None,
         }
@@ -178,6 +181,7 @@ impl Settings {
             max_header_bytes: l.max_header_bytes,
             header_timeout: l.header_timeout,
             body_timeout: l.body_timeout,
+            send_timeout: l.send_timeout,
             redirect_https: l.redirect_https,
             tls: l.tls.clone(),
         })
@@ -205,6 +209,7 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
             }
         })
     };
+    let stream = SendTimeout::new(stream, settings.send_timeout);
     let Some(tls) = &settings.tls else {
         return http1(TokioIo::new(stream), &settings, service(info), token).await;
     };

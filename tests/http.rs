@@ -241,6 +241,35 @@ async fn a_request_with_trailers_ends_its_connection_after_the_answer() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    // nginx's send_timeout: otherwise it would hold the answer's backend connection
+    // and its own slot for as long as it kept the socket open.
+    let nodes = nodes(&["a"]).await;
+    let toml = config(&nodes, "", "").replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nsend_timeout = \"1s\"",
+    );
+    let proxy = Proxy::start(&toml).await;
+    let live = &proxy.live;
+    const SIZE: usize = 64 << 20; // far more than the sockets between can hold
+    let (mut s, head) = raw_head(
+        proxy.addr,
+        format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Read nothing more: tether gives the connection (and its slot) up.
+    eventually(|| async {
+        (live.connections.available_permits() == live.max_connections).then_some(())
+    })
+    .await;
+    let mut got = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got).await;
+    assert!(got.len() < SIZE / 2, "{} bytes arrived", got.len());
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn an_expected_continue_comes_from_tether_and_the_body_follows() {
     // tether answers `Expect: 100-continue` itself and does not pass it on (see
     // tests/forwarding.rs): the client still gets its 100 and its body arrives.

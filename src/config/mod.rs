@@ -41,6 +41,7 @@ pub use upstream::{BackendConfig, HealthConfig, Probe, Rebalance, UpstreamConfig
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REMOVAL_GRACE: Duration = Duration::from_secs(10);
@@ -91,6 +92,8 @@ pub struct ListenerConfig {
     /// Longest wait between two reads of a request body (nginx's
     /// `client_body_timeout`).
     pub body_timeout: Duration,
+    /// Longest a write to a client may make no progress (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     /// On a plain listener: answer everything with 308 to https on this port.
     pub redirect_https: Option<u16>,
     pub tls: Option<TlsConfig>,
@@ -433,6 +436,7 @@ fn build_listener(l: RawListener) -> Result<ListenerConfig, Invalid> {
         max_header_bytes,
         header_timeout: duration_or(l.header_timeout, DEFAULT_HEADER_TIMEOUT)?,
         body_timeout: duration_or(l.body_timeout, DEFAULT_BODY_TIMEOUT)?,
+        send_timeout: duration_or(l.send_timeout, DEFAULT_SEND_TIMEOUT)?,
         redirect_https,
         tls: l.tls.map(tls::build_tls).transpose()?,
     })

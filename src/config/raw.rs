@@ -51,6 +51,7 @@ pub struct RawListener {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub header_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     /// `true` (port 443) or an https port: answer every request with a 308 to https.
     pub redirect_https: Option<Spanned<toml::Value>>,
     pub tls: Option<RawTls>,

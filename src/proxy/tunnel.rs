@@ -25,6 +25,7 @@ use crate::metrics::CLOSE_REASONS;
 use crate::metrics::ReasonLabels;
 use crate::principal::Fingerprint;
 use crate::registry::{CloseReason, Registration};
+use crate::send_timeout::SendTimeout;
 use crate::shutdown::Shutdown;
 
 /// What a tunnel logs its close with.
@@ -142,7 +143,7 @@ pub(super) async fn splice(
             return;
         }
     };
-    match client.downcast::<TokioIo<TcpStream>>() {
+    match client.downcast::<TokioIo<SendTimeout<TcpStream>>>() {
         Ok(parts) => {
             let pump = Pump::new(
                 parts.io.into_inner(),
