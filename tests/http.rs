@@ -474,3 +474,41 @@ async fn a_stalled_request_body_is_timed_out() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     proxy.stop().await;
 }
+
+/// A backend that stops sending mid-answer must not hold the client (and a backend
+/// connection) for ever: past `response_timeout` without a byte, the answer is cut and
+/// the client's connection closed, as nginx's `proxy_read_timeout` does.
+#[tokio::test]
+async fn a_backend_that_stalls_mid_answer_is_cut_off() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let node = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("GET /stalls"), "{head}");
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        // Never another byte; tether is the one to end this connection.
+        let mut rest = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+    });
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{backend}\"]\nresponse_timeout = \"300ms\"\n"
+    );
+    let proxy = Proxy::start(&toml).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /stalls HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s, "a stalled answer held the client").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\n0123456789"), "{got}");
+    // The backend connection is closed too, not left in the pool.
+    tokio::time::timeout(PATIENCE, node)
+        .await
+        .expect("tether kept the stalled backend connection")
+        .unwrap();
+    proxy.stop().await;
+}

@@ -1,4 +1,7 @@
-//! A request body that can be offered to several backends in turn.
+//! The bodies tether streams through: a request body that can be offered to several
+//! backends in turn, and a backend's response body. Neither may stall for ever.
+//!
+//! ## Request bodies
 //!
 //! When the pooled client cannot connect to the owner it drops the request without
 //! ever polling the body, and placement wants the same request sent to the next
@@ -19,6 +22,16 @@
 //! CRLF CRLF but parses it only to the first empty line, bare LF included, and drops
 //! the rest; a front proxy that took those dropped bytes for another request would
 //! otherwise get the answer to the next one in its place.
+//!
+//! ## Response bodies
+//!
+//! A backend that pauses mid-answer for longer than its upstream's `response_timeout`
+//! (nginx's `proxy_read_timeout`, which also covers both the head and the pauses
+//! between body reads) fails the body with [`AnswerStalled`]. Once the head is sent
+//! that is the only way to tell the client the answer is incomplete: hyper closes the
+//! HTTP/1.1 connection, or resets the HTTP/2 stream. Without it a node that hangs
+//! mid-body would hold the client, its connection slot and a backend connection until
+//! the client gave up.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +43,60 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::human;
+
+/// The longest pause a body's sender may take, and the timer that holds it to that.
+/// The timer is made on the first wait (most bodies arrive whole and never wait) and
+/// restarted at each wait that follows a frame, so it measures each pause on its own.
+#[derive(Debug)]
+pub struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the timer was last started.
+    moved: bool,
+}
+
+/// A body's sender paused longer than its [`Stall`] limit.
+#[derive(Debug)]
+struct Paused;
+
+/// What polling a body for its next frame gives.
+type NextFrame<B> = Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>;
+
+impl Stall {
+    pub fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    /// The next frame of `body`, or [`Paused`] once it has sent nothing for the limit.
+    fn poll_frame<B: Body + Unpin>(
+        &mut self,
+        body: &mut B,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<NextFrame<B>, Paused>> {
+        if let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) {
+            self.moved = true;
+            return Poll::Ready(Ok(frame));
+        }
+        let limit = self.limit;
+        let timer = match &mut self.timer {
+            Some(timer) if std::mem::take(&mut self.moved) => {
+                timer.as_mut().reset(Instant::now() + limit);
+                timer
+            }
+            Some(timer) => timer,
+            None => self.timer.insert(Box::pin(tokio::time::sleep(limit))),
+        };
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(Paused))
+    }
+}
 
 /// See the module doc.
 #[derive(Debug)]
@@ -40,10 +107,8 @@ pub enum RetryBody {
         shared: Arc<Shared>,
         taken: Option<Incoming>,
         hint: SizeHint,
-        /// The longest pause between two frames.
-        stall: Duration,
-        /// Armed while the body is waited for (made on the first wait).
-        timer: Option<Pin<Box<Sleep>>>,
+        /// The listener's `body_timeout`.
+        stall: Stall,
     },
 }
 
@@ -80,8 +145,7 @@ impl RetryBody {
             }),
             taken: None,
             hint,
-            stall,
-            timer: None,
+            stall: Stall::new(stall),
         }
     }
 
@@ -98,8 +162,7 @@ impl RetryBody {
                 shared: shared.clone(),
                 taken: None,
                 hint: *hint,
-                stall: *stall,
-                timer: None,
+                stall: Stall::new(stall.limit),
             },
         }
     }
@@ -137,7 +200,6 @@ impl Body for RetryBody {
             shared,
             taken,
             stall,
-            timer,
             ..
         } = self.get_mut()
         else {
@@ -152,15 +214,10 @@ impl Body for RetryBody {
         let Some(body) = taken else {
             return Poll::Ready(None);
         };
-        let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) else {
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*stall)));
-            ready!(timer.as_mut().poll(cx));
+        let Ok(frame) = ready!(stall.poll_frame(body, cx)) else {
             shared.client_failed.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err(BodyStalled(*stall).into())));
+            return Poll::Ready(Some(Err(BodyStalled(stall.limit).into())));
         };
-        if let Some(timer) = timer {
-            timer.as_mut().reset(Instant::now() + *stall);
-        }
         match frame {
             Some(Err(e)) => {
                 shared.client_failed.store(true, Ordering::Relaxed);
@@ -190,5 +247,109 @@ impl Body for RetryBody {
             RetryBody::Shared { taken: Some(b), .. } => b.size_hint(),
             RetryBody::Shared { hint, .. } => *hint,
         }
+    }
+}
+
+/// A backend's response body, failed if the backend pauses longer than its upstream's
+/// `response_timeout` (see the module doc).
+#[derive(Debug)]
+pub struct Answer {
+    body: Incoming,
+    stall: Stall,
+    backend: Arc<str>,
+}
+
+/// The backend sent nothing more of its answer for its upstream's `response_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend} sent nothing of its answer for {}", human(*.after))]
+pub struct AnswerStalled {
+    pub backend: Arc<str>,
+    pub after: Duration,
+}
+
+impl Answer {
+    pub fn new(body: Incoming, stall: Duration, backend: Arc<str>) -> Answer {
+        Answer {
+            body,
+            stall: Stall::new(stall),
+            backend,
+        }
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match ready!(this.stall.poll_frame(&mut this.body, cx)) {
+            Ok(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Err(Paused) => {
+                let after = this.stall.limit;
+                warn!(backend = %this.backend, "no more of the answer within {}: the client's response is cut short", human(after));
+                let backend = this.backend.clone();
+                Poll::Ready(Some(Err(AnswerStalled { backend, after }.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::poll_fn;
+    use tokio::sync::mpsc;
+
+    /// A body whose frames come from a channel, at the sender's pace.
+    struct Drip(mpsc::Receiver<Bytes>);
+
+    impl Body for Drip {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_may_pause_up_to_the_limit_between_frames_and_no_longer() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = Drip(rx);
+        let mut stall = Stall::new(Duration::from_secs(60));
+        // Every pause under the limit, all of them together far over it.
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_secs(40)).await;
+                sender.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        for _ in 0..4 {
+            let frame = poll_fn(|cx| stall.poll_frame(&mut body, cx)).await;
+            assert!(matches!(frame, Ok(Some(Ok(_)))), "{frame:?}");
+        }
+        // Then nothing (the sender is still there): the wait fails at the limit.
+        let started = Instant::now();
+        let frame = poll_fn(|cx| stall.poll_frame(&mut body, cx)).await;
+        assert!(matches!(frame, Err(Paused)), "{frame:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        drop(tx);
     }
 }

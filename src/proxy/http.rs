@@ -99,7 +99,7 @@ impl Proxy {
             }
         };
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-        let mut resp = relay(resp, &backend.id)?;
+        let mut resp = relay(resp, &backend.id, timeout)?;
         if let Some(slot) = slot {
             resp.extensions_mut().insert(slot);
         }

@@ -49,6 +49,7 @@ use tracing::{debug, warn};
 
 pub use access::Logged;
 use access::{Access, Pending};
+use body::Answer;
 pub use body::RetryBody;
 use error::{ProxyError, chain};
 use headers::{
@@ -72,7 +73,7 @@ fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
 }
 
 /// Response body: a backend's streamed body, or one tether wrote itself.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Answer, Full<Bytes>>;
 
 /// What the request path knows about the client connection.
 #[derive(Debug, Clone)]
@@ -470,7 +471,13 @@ fn redirect_https<B>(
 /// latter goes too (RFC 9112 §6.3: an intermediary MUST remove it before forwarding).
 /// A coding besides `chunked` would reach the client undone and unnamed: 502, as
 /// nginx answers.
-fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>, ProxyError> {
+/// A backend's answer to a plain request (or a refused upgrade), on its way to the
+/// client; `stall` is the longest pause allowed in its body (`response_timeout`).
+fn relay(
+    resp: Response<Incoming>,
+    backend: &Arc<str>,
+    stall: Duration,
+) -> Result<Response<Body>, ProxyError> {
     // A switch nobody asked for (RFC 9110 §15.2.2): the client could not follow it.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::Upstream {
@@ -490,6 +497,7 @@ fn relay(resp: Response<Incoming>, backend: &Arc<str>) -> Result<Response<Body>,
     }
     strip_hop_by_hop(&mut parts.headers);
     one_content_length(&mut parts.headers);
+    let body = Answer::new(body, stall, backend.clone());
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 

@@ -19,6 +19,7 @@
 //! only if it then answers no plain request either ([`crate::probe::answers`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
@@ -244,7 +245,8 @@ impl Proxy {
                 route.idle_timeout,
             )
         };
-        finish(resp, client, key, info, register, &self.tasks)
+        let stall = upstream.config.response_timeout;
+        finish(resp, client, key, info, register, stall, &self.tasks)
     }
 }
 
@@ -273,6 +275,7 @@ fn finish(
     key: Option<String>,
     info: TunnelInfo,
     register: impl FnOnce() -> Registration,
+    stall: Duration,
     tasks: &Shutdown,
 ) -> Result<Response<Body>, ProxyError> {
     let bad = |why| ProxyError::BadUpgrade {
@@ -284,7 +287,7 @@ fn finish(
         if key.is_some() && resp.status().is_success() {
             return Err(bad("with a 2xx, not 101"));
         }
-        return relay(resp, &info.backend);
+        return relay(resp, &info.backend, stall);
     }
     if !upgrade_is_websocket(resp.headers()) {
         return Err(bad("with 101 but without `Upgrade: websocket`"));
