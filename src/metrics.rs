@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,10 +26,11 @@ use crate::snapshot::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
-    pub backend: String,
+    // Shared, not copied: one of these is made for every request.
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
     /// `2xx`, `4xx`, …
-    pub class: String,
+    pub class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

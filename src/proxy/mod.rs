@@ -174,10 +174,15 @@ impl Proxy {
         if a.websocket {
             return;
         }
+        const CLASSES: [&str; 10] = [
+            "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+        ];
+        let none = || Arc::from("-");
         let labels = RequestLabels {
-            route: a.route.as_deref().unwrap_or("-").to_owned(),
-            backend: a.backend.as_deref().unwrap_or("-").to_owned(),
-            class: format!("{}xx", status.as_u16() / 100),
+            route: a.route.clone().unwrap_or_else(none),
+            backend: a.backend.clone().unwrap_or_else(none),
+            // hyper's status codes are 100..=999.
+            class: CLASSES[usize::from(status.as_u16() / 100) % 10],
         };
         self.live.metrics.requests.get_or_create(&labels).inc();
     }
