@@ -106,13 +106,15 @@ fn scan(snap: &Snapshot, live: &Live) -> Scan {
         if !current.health.is_up() || entry.ctl.reason().is_some() {
             continue;
         }
-        let Some(owner) = up.candidates(entry.key, &live.registry).next() else {
+        let owner = up
+            .candidates_for_tunnel(entry.key, &entry.backend, &live.registry)
+            .next()
+            .filter(|o| o.key != entry.backend)
+            .map(|o| o.health.clone());
+        let Some(owner) = owner else {
             continue;
         };
-        if owner.key == entry.backend {
-            continue;
-        }
-        let Some(since) = owner.health.up_since() else {
+        let Some(since) = owner.up_since() else {
             continue;
         };
         let held = since + policy.hold.as_millis() as u64;
@@ -122,7 +124,7 @@ fn scan(snap: &Snapshot, live: &Live) -> Scan {
         }
         out.misplaced.push(Misplaced {
             entry,
-            owner: owner.health.clone(),
+            owner,
             rate: policy.rate,
         });
     }
@@ -184,6 +186,40 @@ mod tests {
              {rebalance}\n[upstream.app.health]\ninterval = \"1h\"\n"
         );
         Config::parse(&text, "t").unwrap()
+    }
+
+    /// With bounded load a tunnel is judged as if placed now, without itself in the
+    /// counts: on a backend that is exactly full it is where it belongs. Counted in,
+    /// every tunnel on a full backend looked misplaced and a reload closed them all.
+    #[tokio::test]
+    async fn a_tunnel_on_a_full_backend_that_placed_it_is_not_misplaced() {
+        let live = Live::new(&config(
+            "balance_factor = 1.5\nrebalance = \"drain\"\nrebalance_hold = \"1ms\"",
+        ));
+        let snap = live.load();
+        let app = snap.upstream("app").unwrap();
+        let (a, b) = (app.backend("a").unwrap(), app.backend("b").unwrap());
+        let mut owned_by_a = (0u64..).filter(|k| app.owner(*k).unwrap().id.as_ref() == "a");
+        // Three tunnels of a's principals, placed one by one: the third found a at
+        // 2 < ceil(1.5 × 3 / 2) = 3, so all three went to a, which is now full.
+        let mut on_a = Vec::new();
+        for k in owned_by_a.by_ref().take(3) {
+            assert_eq!(app.candidates(k, &live.registry).next().unwrap().key, a.key);
+            let t = live
+                .registry
+                .register("app".into(), "/".into(), a.key.clone(), k, None);
+            on_a.push(t);
+        }
+        let found = scan(&snap, &live);
+        assert!(found.misplaced.is_empty() && found.next_hold_end.is_none());
+        // Not vacuous: a tunnel of a's on b while a has room belongs on a.
+        let k = owned_by_a.next().unwrap();
+        let _on_b = live
+            .registry
+            .register("app".into(), "/".into(), b.key.clone(), k, None);
+        on_a.truncate(1);
+        let found = scan(&snap, &live);
+        assert!(!found.misplaced.is_empty() || found.next_hold_end.is_some());
     }
 
     #[tokio::test]

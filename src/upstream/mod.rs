@@ -99,6 +99,28 @@ impl Upstream {
     /// Backends to try for `key`, best first; see the module doc. `registry` gives the
     /// live tunnel counts that bounded load needs.
     pub fn candidates<'a>(&'a self, key: u64, registry: &'a Registry) -> Candidates<'a> {
+        self.walk(key, registry, None)
+    }
+
+    /// [`Upstream::candidates`] for a live tunnel of `key` on `on`, as if it were
+    /// being placed now: the same walk, with bounded load's counts taken without the
+    /// tunnel itself. Counted in, every tunnel on a backend at its cap would look as
+    /// if it belonged elsewhere. The first candidate is where the tunnel belongs.
+    pub fn candidates_for_tunnel<'a>(
+        &'a self,
+        key: u64,
+        on: &'a BackendKey,
+        registry: &'a Registry,
+    ) -> Candidates<'a> {
+        self.walk(key, registry, Some(on))
+    }
+
+    fn walk<'a>(
+        &'a self,
+        key: u64,
+        registry: &'a Registry,
+        placed: Option<&'a BackendKey>,
+    ) -> Candidates<'a> {
         let cap = self.config.balance_factor.map(|c| {
             let up = self
                 .backends
@@ -106,7 +128,9 @@ impl Upstream {
                 .filter(|b| b.health.is_up())
                 .count()
                 .max(1);
-            let total = registry.total(&self.name) + 1;
+            // The live tunnels with the one being placed: a new one is not counted
+            // yet, a placed one is.
+            let total = registry.total(&self.name) + usize::from(placed.is_none());
             (c * total as f64 / up as f64).ceil() as usize
         });
         Candidates {
@@ -114,6 +138,7 @@ impl Upstream {
             registry,
             walk: self.table.walk(key),
             cap,
+            placed,
             over_cap: Vec::new(),
             down: Vec::new(),
             first: None,
@@ -205,6 +230,8 @@ pub struct Candidates<'a> {
     registry: &'a Registry,
     walk: Walk<'a>,
     cap: Option<usize>,
+    /// The backend the tunnel being judged sits on, whose count includes it.
+    placed: Option<&'a BackendKey>,
     over_cap: Vec<usize>,
     down: Vec<usize>,
     /// Yielded before the walk, which then skips it (`skip`).
@@ -227,10 +254,10 @@ impl<'a> Iterator for Candidates<'a> {
                 continue;
             } else if !b.health.is_up() {
                 self.down.push(i);
-            } else if self
-                .cap
-                .is_some_and(|cap| self.registry.load(&self.upstream.name, &b.key) >= cap)
-            {
+            } else if self.cap.is_some_and(|cap| {
+                let load = self.registry.load(&self.upstream.name, &b.key);
+                load.saturating_sub(usize::from(self.placed == Some(&b.key))) >= cap
+            }) {
                 self.over_cap.push(i);
             } else {
                 return Some(b);
