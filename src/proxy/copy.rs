@@ -69,8 +69,10 @@ struct Flow {
     eof: bool,
     /// If the source ends between frames without having sent a Close frame, send the
     /// destination Close 1012 before end of stream. Only towards the client, and only
-    /// while the client has not started closing itself (then its closing handshake
-    /// just ends without the backend's reply, as it would without tether).
+    /// while the client has neither started closing itself (then its closing
+    /// handshake just ends without the backend's reply, as it would without tether)
+    /// nor hung up (the backend's end of stream then answers the client's: nothing
+    /// vanished, and the client is not there to be told).
     vanish_notice: bool,
     /// EOF has been passed on as a shutdown of the destination's write half.
     done: bool,
@@ -190,9 +192,12 @@ where
         if let Poll::Ready(Err(e)) = up {
             return Poll::Ready(Err(e));
         }
-        if self.up.eof && self.first_eof.is_none() {
-            self.first_eof = Some(Side::Client);
-            self.ctl.half_close();
+        if self.up.eof {
+            self.down.vanish_notice = false;
+            if self.first_eof.is_none() {
+                self.first_eof = Some(Side::Client);
+                self.ctl.half_close();
+            }
         }
         if self.up.frames.saw_close() {
             self.first_close.get_or_insert(Side::Client);
@@ -732,6 +737,34 @@ mod tests {
             &[0x88, (to_client.len() - 2) as u8, 0x03, 0xe9]
         );
         assert!(to_backend.is_empty(), "{to_backend:?}");
+    }
+
+    /// A client that hangs up without a Close frame (a closed tab, `terminate()`) ended
+    /// the tunnel: the backend's end of stream that follows is its answer, not a
+    /// vanished node, so the client gets no 1012 and the close is the client's.
+    #[tokio::test]
+    async fn a_client_that_hangs_up_ends_the_tunnel_without_a_1012() {
+        let (mut pump, mut client_peer, mut backend_peer) = pumped();
+        let task = tokio::spawn(async move {
+            poll_fn(|cx| pump.poll(cx)).await.unwrap();
+            pump.closed_by()
+        });
+        backend_peer
+            .write_all(&[0x81, 2, b'h', b'i'])
+            .await
+            .unwrap();
+        let mut hi = [0u8; 4];
+        client_peer.read_exact(&mut hi).await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        // The backend sees the end of stream and drops the connection, as servers do.
+        let mut rest = Vec::new();
+        backend_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        drop(backend_peer);
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        assert!(to_client.is_empty(), "{to_client:?}");
+        assert_eq!(task.await.unwrap(), Some(Side::Client));
     }
 
     /// A client that has started the closing handshake is not told "service restart"
