@@ -209,7 +209,7 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
             }
         })
     };
-    let stream = SendTimeout::new(stream, settings.send_timeout);
+    let stream = SendTimeout::client(stream, settings.send_timeout);
     let Some(tls) = &settings.tls else {
         return http1(TokioIo::new(stream), &settings, service(info), token).await;
     };

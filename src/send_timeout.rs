@@ -1,8 +1,15 @@
-//! nginx's `send_timeout` for client connections: a write to the client that makes no
-//! progress for the listener's `send_timeout` fails the connection. Without it a
-//! client that stops reading holds its answer, the answer's backend connection and
-//! its connection slot for as long as it keeps the socket open (a WebSocket tunnel
-//! included, whose writes go through the same socket).
+//! A socket whose writes must make progress: a write blocked for longer than the
+//! limit fails the connection.
+//!
+//! Towards clients it is nginx's `send_timeout` (the listener's): without it a client
+//! that stops reading holds its answer, the answer's backend connection and its
+//! connection slot for as long as it keeps the socket open (a WebSocket tunnel
+//! included, whose writes go through the same socket). Towards backends' pooled
+//! connections it is nginx's `proxy_send_timeout`, here the upstream's
+//! `response_timeout` (one value for a backend's silence either way, as HAProxy's
+//! `timeout server`): a backend that stops reading a request body, having answered
+//! early or not, would otherwise hold the client connection, its slot and the backend
+//! connection for as long as it keeps its socket open.
 //!
 //! A timer exists only while a write is blocked; an idle connection holds none.
 
@@ -12,24 +19,37 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// A client socket whose writes must progress within `limit`.
+/// A socket whose writes must progress within `limit`.
 #[derive(Debug)]
 pub struct SendTimeout<S> {
     inner: S,
     limit: Duration,
+    /// Who fails to read, and the setting, for the error: ("the client", "send_timeout").
+    peer: (&'static str, &'static str),
     /// Armed at the first write that could not proceed; dropped at the next that does.
     blocked: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> SendTimeout<S> {
-    pub fn new(inner: S, limit: Duration) -> SendTimeout<S> {
+    /// Towards a client: the listener's `send_timeout`.
+    pub fn client(inner: S, limit: Duration) -> SendTimeout<S> {
         SendTimeout {
             inner,
             limit,
+            peer: ("the client", "send_timeout"),
             blocked: None,
+        }
+    }
+
+    /// Towards a backend: its upstream's `response_timeout`.
+    pub fn backend(inner: S, limit: Duration) -> SendTimeout<S> {
+        SendTimeout {
+            peer: ("the backend", "response_timeout"),
+            ..SendTimeout::client(inner, limit)
         }
     }
 
@@ -53,13 +73,33 @@ impl<S> SendTimeout<S> {
             .blocked
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         ready!(timer.as_mut().poll(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "the client read nothing for {} (send_timeout)",
-                crate::config::human(limit)
-            ),
-        )))
+        let (peer, setting) = self.peer;
+        let stalled = WriteStalled {
+            peer,
+            setting,
+            limit,
+        };
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, stalled)))
+    }
+}
+
+/// What a [`SendTimeout`] write fails with (inside an `io::Error` of kind `TimedOut`).
+#[derive(Debug, thiserror::Error)]
+#[error("{peer} read nothing for {} ({setting})", crate::config::human(*.limit))]
+pub struct WriteStalled {
+    peer: &'static str,
+    setting: &'static str,
+    limit: Duration,
+}
+
+impl WriteStalled {
+    /// Whether `e`, or an error it wraps, is a write that stalled.
+    pub fn within(e: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(e), |e| e.source()).any(|e| {
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<WriteStalled>())
+        })
     }
 }
 
@@ -111,6 +151,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
     }
 }
 
+/// The pooled client asks a connection what it is: what the socket inside says.
+impl<S: Connection> Connection for SendTimeout<S> {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +166,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_nobody_reads_fails_after_the_limit_and_progress_resets_it() {
         let (near, mut far) = tokio::io::duplex(16);
-        let mut s = SendTimeout::new(near, Duration::from_secs(60));
+        let mut s = SendTimeout::client(near, Duration::from_secs(60));
         // Writes that proceed never time out, however far apart.
         s.write_all(&[1; 16]).await.unwrap();
         tokio::time::sleep(Duration::from_secs(120)).await;

@@ -441,7 +441,7 @@ async fn a_stalled_request_body_is_timed_out() {
     // A client that stops mid-body must not hold its connection (and one to the
     // backend) open for ever: nginx's client_body_timeout.
     let nodes = nodes(&["a"]).await;
-    let toml = config(&nodes, "", "").replace(
+    let toml = config(&nodes, "", "response_timeout = \"300ms\"").replace(
         "bind = \"127.0.0.1:0\"",
         "bind = \"127.0.0.1:0\"\nbody_timeout = \"300ms\"",
     );
@@ -458,7 +458,9 @@ async fn a_stalled_request_body_is_timed_out() {
     let got = read_until_closed(&mut s, "a stalled body held its connection open").await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     // A slow body that never pauses for the whole timeout is not cut: the clock starts
-    // again at every read.
+    // again at every read. Nor does the upload count against the backend's
+    // response_timeout, which starts once the body has been sent (nginx's
+    // proxy_read_timeout).
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(
         b"POST /info HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
@@ -483,8 +485,7 @@ async fn a_backend_that_stalls_mid_answer_is_cut_off() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = l.local_addr().unwrap();
     let node = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let head = read_head(&mut s).await;
+        let (mut s, head) = accept_request(&l).await;
         assert!(head.starts_with("GET /stalls"), "{head}");
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
             .await
@@ -510,5 +511,74 @@ async fn a_backend_that_stalls_mid_answer_is_cut_off() {
         .await
         .expect("tether kept the stalled backend connection")
         .unwrap();
+    proxy.stop().await;
+}
+
+/// A backend that stops reading a request body must not hold the client for ever:
+/// a write to it that makes no progress for `response_timeout` ends the request (nginx's
+/// `proxy_send_timeout`), whether the backend answered early or not at all.
+#[tokio::test]
+async fn a_backend_that_stops_reading_the_body_is_cut_off() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let node = tokio::spawn(async move {
+        loop {
+            let (mut s, head) = accept_request(&l).await;
+            if head.starts_with("POST /early") {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+            // Never a byte of the body read; the socket kept until the test ends.
+            let _ = held_tx.send(s);
+        }
+    });
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{backend}\"]\nresponse_timeout = \"300ms\"\n"
+    );
+    let proxy = Proxy::start(&toml).await;
+    for (path, status) in [("/early", "HTTP/1.1 200"), ("/never", "HTTP/1.1 504")] {
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut rx, mut tx) = s.into_split();
+        // Far more than the socket buffers between tether and the backend hold.
+        let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1073741824\r\n\r\n");
+        let upload = async move {
+            tx.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..1024 {
+                tx.write_all(&chunk).await?;
+            }
+            std::io::Result::Ok(())
+        };
+        let mut got = Vec::new();
+        let answer = tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut got),
+        );
+        let (sent, answered) = tokio::join!(tokio::time::timeout(PATIENCE, upload), answer);
+        assert!(answered.is_ok(), "{path}: the connection is still open");
+        assert!(
+            matches!(sent, Ok(Err(_))),
+            "{path}: the upload did not fail: {sent:?}"
+        );
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with(status), "{path}: {got}");
+        // The backend connection is given up too.
+        let mut held_conn = held.recv().await.unwrap();
+        let closed = tokio::time::timeout(PATIENCE, async {
+            let mut buf = vec![0u8; 1 << 20];
+            while tokio::io::AsyncReadExt::read(&mut held_conn, &mut buf)
+                .await
+                .is_ok_and(|n| n > 0)
+            {}
+        });
+        assert!(
+            closed.await.is_ok(),
+            "{path}: tether kept the backend connection"
+        );
+    }
+    node.abort();
     proxy.stop().await;
 }

@@ -118,6 +118,8 @@ pub struct Shared {
     client_failed: AtomicBool,
     /// Cancelled when the body brings trailers (see the module doc).
     close_on_trailers: Option<CancellationToken>,
+    /// Cancelled when the body's end has been handed to a backend.
+    sent: CancellationToken,
 }
 
 /// The error when a second attempt polls a body the first already consumed. Cannot
@@ -142,6 +144,7 @@ impl RetryBody {
                 slot: Mutex::new(Some(body)),
                 client_failed: AtomicBool::new(false),
                 close_on_trailers: close.cloned(),
+                sent: CancellationToken::new(),
             }),
             taken: None,
             hint,
@@ -176,6 +179,16 @@ impl RetryBody {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some(),
+        }
+    }
+
+    /// Resolves once the whole body has been handed to a backend: at once for a
+    /// request without one. A backend's time to answer starts there (nginx's
+    /// `proxy_read_timeout`): an upload takes as long as the client takes, each pause
+    /// bounded by `body_timeout`.
+    pub async fn sent(&self) {
+        if let RetryBody::Shared { shared, .. } = self {
+            shared.sent.cancelled().await;
         }
     }
 
@@ -218,12 +231,16 @@ impl Body for RetryBody {
             shared.client_failed.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(BodyStalled(stall.limit).into())));
         };
+        if frame.is_none() || body.is_end_stream() {
+            shared.sent.cancel();
+        }
         match frame {
             Some(Err(e)) => {
                 shared.client_failed.store(true, Ordering::Relaxed);
                 Poll::Ready(Some(Err(e.into())))
             }
             Some(Ok(f)) if f.is_trailers() => {
+                shared.sent.cancel();
                 if let Some(close) = &shared.close_on_trailers {
                     close.cancel();
                 }

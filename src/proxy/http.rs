@@ -12,6 +12,7 @@ use super::error::ProxyError;
 use super::{Access, Body, ConnInfo, Proxy, exhausted, relay};
 use crate::config::human;
 use crate::principal::Principal;
+use crate::send_timeout::WriteStalled;
 use crate::upstream::Upstream;
 
 impl Proxy {
@@ -69,7 +70,16 @@ impl Proxy {
             *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
             *r.version_mut() = Version::HTTP_11;
             *r.headers_mut() = parts.headers.clone();
-            match tokio::time::timeout(timeout, b.client().request(r)).await {
+            // The answer's time starts once the request is sent (see body.rs).
+            let answered = tokio::select! {
+                biased;
+                r = b.client().request(r) => Ok(r),
+                () = async {
+                    body.sent().await;
+                    tokio::time::sleep(timeout).await;
+                } => Err(()),
+            };
+            match answered {
                 Ok(Ok(resp)) => break (b, resp),
                 // Nothing went upstream: the next candidate gets the same request.
                 Ok(Err(e)) if e.is_connect() && body.untouched() => {
@@ -78,6 +88,12 @@ impl Proxy {
                 }
                 Ok(Err(e)) if body.client_failed() => {
                     return Err(ProxyError::client_body(e.into()));
+                }
+                // The backend read nothing of the body for its `response_timeout`.
+                Ok(Err(e)) if WriteStalled::within(&e) => {
+                    return Err(ProxyError::Timeout {
+                        backend: b.id.clone(),
+                    });
                 }
                 Ok(Err(e)) => return Err(failed(e.into())),
                 // A slow answer is this request's problem, not the node's: it does not

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::HttpClient;
+use crate::config::UpstreamConfig;
 
 /// Milliseconds since the first call in this process: a cheap monotonic clock that fits
 /// in an atomic.
@@ -204,8 +205,12 @@ impl Health {
 #[derive(Debug, Default)]
 pub struct Lasting {
     health: Mutex<HashMap<(String, SocketAddr), Weak<Health>>>,
-    clients: Mutex<HashMap<(SocketAddr, Duration, Duration), Weak<HttpClient>>>,
+    clients: Mutex<HashMap<PoolKey, Weak<HttpClient>>>,
 }
+
+/// A backend's pool is kept by its address and the timeouts it is built with
+/// (connect, keep-alive, response): a change of one of them gets a fresh pool.
+type PoolKey = (SocketAddr, [Duration; 3]);
 
 impl Lasting {
     /// The state for this backend: the existing one if a current snapshot has it, else
@@ -220,15 +225,15 @@ impl Lasting {
     pub fn client(
         &self,
         addr: SocketAddr,
-        connect_timeout: Duration,
-        keepalive_timeout: Duration,
+        config: &UpstreamConfig,
         build: impl FnOnce() -> HttpClient,
     ) -> Arc<HttpClient> {
-        shared(
-            &self.clients,
-            (addr, connect_timeout, keepalive_timeout),
-            build,
-        )
+        let timeouts = [
+            config.connect_timeout,
+            config.keepalive_timeout,
+            config.response_timeout,
+        ];
+        shared(&self.clients, (addr, timeouts), build)
     }
 }
 

@@ -18,23 +18,27 @@
 
 pub mod health;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::balance::{Table, Walk};
 use crate::config::{UpstreamConfig, human};
 use crate::proxy::RetryBody;
 use crate::registry::{BackendKey, Registry};
+use crate::send_timeout::SendTimeout;
 use health::{Health, Lasting};
 
-pub type HttpClient = Client<HttpConnector, RetryBody>;
+pub type HttpClient = Client<Connector, RetryBody>;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -64,17 +68,12 @@ impl Upstream {
             .backends
             .iter()
             .map(|b| {
-                let client = lasting.client(
-                    b.addr,
-                    config.connect_timeout,
-                    config.keepalive_timeout,
-                    || {
-                        Client::builder(TokioExecutor::new())
-                            .pool_timer(TokioTimer::new())
-                            .pool_idle_timeout(config.keepalive_timeout)
-                            .build(connector(config.connect_timeout))
-                    },
-                );
+                let client = lasting.client(b.addr, config, || {
+                    Client::builder(TokioExecutor::new())
+                        .pool_timer(TokioTimer::new())
+                        .pool_idle_timeout(config.keepalive_timeout)
+                        .build(Connector::new(config))
+                });
                 let id: Arc<str> = b.id.as_str().into();
                 Backend {
                     key: BackendKey::new(id.clone(), b.addr),
@@ -214,13 +213,47 @@ impl From<std::io::Error> for ConnectError {
     }
 }
 
-/// The pool's connector: the upstream's connect timeout and TCP_NODELAY. No TCP
+/// The pool's connector: the upstream's connect timeout and TCP_NODELAY, and writes
+/// that must progress within its `response_timeout` (see send_timeout.rs). No TCP
 /// keepalive: a backend host that vanishes is found by the health probes.
-fn connector(timeout: Duration) -> HttpConnector {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(timeout));
-    c.set_nodelay(true);
-    c
+#[derive(Debug, Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    send_timeout: Duration,
+}
+
+impl Connector {
+    fn new(config: &UpstreamConfig) -> Connector {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        Connector {
+            http,
+            send_timeout: config.response_timeout,
+        }
+    }
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<PooledIo, ConnectError>> + Send>>;
+type PooledIo = TokioIo<SendTimeout<TcpStream>>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = PooledIo;
+    type Error = ConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        self.http.poll_ready(cx).map_err(|e| ConnectError(e.into()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        let connecting = self.http.call(uri);
+        let limit = self.send_timeout;
+        Box::pin(async move {
+            let io = connecting.await.map_err(|e| ConnectError(e.into()))?;
+            Ok(TokioIo::new(SendTimeout::backend(io.into_inner(), limit)))
+        })
+    }
 }
 
 /// See [`Upstream::candidates`].

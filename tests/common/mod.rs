@@ -292,6 +292,22 @@ pub async fn read_head(s: &mut TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// The next connection to `l` that sends a whole request head, and the head. Others
+/// are dropped: tether's TCP health probes connect and close without a word.
+pub async fn accept_request(l: &TcpListener) -> (TcpStream, String) {
+    loop {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut byte).await, Ok(1)) {
+            head.push(byte[0]);
+        }
+        if head.ends_with(b"\r\n\r\n") {
+            return (s, String::from_utf8_lossy(&head).into_owned());
+        }
+    }
+}
+
 /// Reads one unmasked server frame; `None` on a clean end of stream.
 pub async fn read_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
