@@ -582,3 +582,32 @@ async fn a_backend_that_stops_reading_the_body_is_cut_off() {
     node.abort();
     proxy.stop().await;
 }
+
+/// The access log's `bytes_up` is the request body that arrived: a chunked body has no
+/// `Content-Length` to go by, and an upload cut short sent less than it announced.
+#[tokio::test]
+async fn the_access_event_counts_the_request_body_that_arrived() {
+    let nodes = nodes(&["a"]).await;
+    let (_dir, path) = write_config(&config(&nodes, "", ""));
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    // Echoed back, so the answer ends only after the whole body reached the node.
+    let got = raw(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let line = bin.wait_for("tether::access");
+    assert!(line.contains("bytes_up=11"), "{line}");
+    // 100 announced, 10 sent, then the client stops sending.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    read_until_closed(&mut s, "the cut-short upload's connection").await;
+    let line = bin.wait_for("tether::access");
+    assert!(line.contains("bytes_up=10"), "{line}");
+}

@@ -1,7 +1,8 @@
 //! The access log of plain requests and upgrades: one `tether::access` event per
 //! request, written when its response body has been sent, so `duration_ms` and
 //! `bytes_down` cover the whole response, as nginx's `$request_time` and
-//! `$body_bytes_sent` do. A client that leaves mid-body gets `aborted=true`; one that
+//! `$body_bytes_sent` do; `bytes_up` counts the request body as it arrived, not as
+//! `Content-Length` announced it. A client that leaves mid-body gets `aborted=true`; one that
 //! leaves before the response head gets status 499, as in nginx (499s are not in
 //! `tether_http_requests_total`, which counts answers). Never the path or the query
 //! (they may hold the principal): the route label and the principal's fingerprint.
@@ -11,6 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -29,13 +31,15 @@ pub(crate) struct Access {
     pub backend: Option<Arc<str>>,
     pub principal: Option<Fingerprint>,
     pub websocket: bool,
+    /// The request body's byte count once it is being forwarded (what arrived, not
+    /// what `Content-Length` announced).
+    pub bytes_up: Option<Arc<AtomicU64>>,
 }
 
 /// What the event needs from the request itself.
 #[derive(Debug)]
 struct Meta {
     method: Method,
-    bytes_up: Option<u64>,
     started: Instant,
 }
 
@@ -52,13 +56,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub fn new(method: &Method, bytes_up: Option<u64>, started: Instant) -> Pending {
+    pub fn new(method: &Method, started: Instant) -> Pending {
         let on = tracing::enabled!(target: "tether::access", tracing::Level::INFO);
         Pending {
             access: Access::default(),
             meta: on.then(|| Meta {
                 method: method.clone(),
-                bytes_up,
                 started,
             }),
         }
@@ -168,7 +171,7 @@ fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
         backend = a.backend.as_deref().unwrap_or("-"),
         status,
         duration_ms = m.started.elapsed().as_millis() as u64,
-        bytes_up = m.bytes_up,
+        bytes_up = a.bytes_up.as_ref().map(|n| n.load(Ordering::Relaxed)),
         bytes_down,
         aborted = aborted.then_some(true),
         principal = a.principal.map(tracing::field::display),

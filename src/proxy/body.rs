@@ -34,7 +34,7 @@
 //! the client gave up.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -120,6 +120,8 @@ pub struct Shared {
     close_on_trailers: Option<CancellationToken>,
     /// Cancelled when the body's end has been handed to a backend.
     sent: CancellationToken,
+    /// Body bytes read from the client so far (the access log's `bytes_up`).
+    received: Arc<AtomicU64>,
 }
 
 /// The error when a second attempt polls a body the first already consumed. Cannot
@@ -145,6 +147,7 @@ impl RetryBody {
                 client_failed: AtomicBool::new(false),
                 close_on_trailers: close.cloned(),
                 sent: CancellationToken::new(),
+                received: Arc::default(),
             }),
             taken: None,
             hint,
@@ -192,6 +195,14 @@ impl RetryBody {
         }
     }
 
+    /// The count of body bytes read from the client, as it grows; `None` without a body.
+    pub fn received(&self) -> Option<Arc<AtomicU64>> {
+        match self {
+            RetryBody::Empty => None,
+            RetryBody::Shared { shared, .. } => Some(shared.received.clone()),
+        }
+    }
+
     /// True if reading the client's body failed.
     pub fn client_failed(&self) -> bool {
         match self {
@@ -231,6 +242,10 @@ impl Body for RetryBody {
             shared.client_failed.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(BodyStalled(stall.limit).into())));
         };
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let n = data.map_or(0, Bytes::len);
+            shared.received.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if frame.is_none() || body.is_end_stream() {
             shared.sent.cancel();
         }

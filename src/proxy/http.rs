@@ -42,6 +42,7 @@ impl Proxy {
         // its later ones answered out of turn (see body.rs).
         let close = (parts.version < Version::HTTP_2).then_some(&conn.close);
         let body = RetryBody::new(body, conn.body_timeout, close);
+        access.bytes_up = body.received();
         let slot = match parts.version {
             Version::HTTP_2 => Some(self.stream_slot()?),
             _ => None,

@@ -68,10 +68,6 @@ use crate::snapshot::Live;
 use crate::upstream::health::now_ms;
 use crate::upstream::{Backend, Upstream};
 
-fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 /// Response body: a backend's streamed body, or one tether wrote itself.
 pub type Body = Either<Answer, Full<Bytes>>;
 
@@ -131,7 +127,7 @@ impl Proxy {
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
         let head = req.method() == Method::HEAD;
-        let mut pending = Pending::new(req.method(), content_length(req.headers()), Instant::now());
+        let mut pending = Pending::new(req.method(), Instant::now());
         let access = &mut pending.access;
         let mut resp = match self.forward(req, conn, access).await {
             Ok(resp) => resp,
