@@ -385,8 +385,25 @@ async fn client_certificates_are_required_when_client_ca_is_set() {
     let pki = Pki::new();
     let leaf = pki.leaf("default", &["chat.example.com"]);
     let nodes = nodes(&["a"]).await;
-    let settings = format!("{}\nclient_ca = \"{}\"", cert_keys(&leaf), pki.ca_file());
-    let proxy = Proxy::start(&tls_config(&nodes, &settings, "")).await;
+    let settings = format!(
+        "{}\nclient_ca = \"{}\"\nhsts = \"max-age=60\"",
+        cert_keys(&leaf),
+        pki.ca_file()
+    );
+    let toml = tls_config(&nodes, &settings, "");
+    // `tether check` says what the listener demands of clients.
+    let (_dir, path) = write_config(&toml);
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["check", "--config", &path])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&check.stdout);
+    let expected = format!(
+        "client certificates from {}, HSTS max-age=60",
+        pki.ca_file()
+    );
+    assert!(summary.contains(&expected), "{summary}");
+    let proxy = Proxy::start(&toml).await;
     let request = async |stream: TlsStream<TcpStream>| {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -39,7 +39,8 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     /// `Strict-Transport-Security` value added to responses that lack one.
     pub hsts: Option<hyper::header::HeaderValue>,
-    /// For the summary: the default certificate's file and the SNI names.
+    /// For the summary: the default certificate's file, the SNI names, client
+    /// verification and HSTS.
     pub describe: String,
 }
 
@@ -125,16 +126,28 @@ pub(super) fn build_tls(t: RawTls) -> Result<TlsConfig, Invalid> {
             })?,
         ),
     };
+    let describe = describe(&t, &names);
     Ok(TlsConfig {
         server: Arc::new(server),
         handshake_timeout: duration_or(t.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)?,
         hsts,
-        describe: if names.is_empty() {
-            format!("cert {}", t.cert.get_ref())
-        } else {
-            format!("cert {}, SNI: {}", t.cert.get_ref(), names.join(", "))
-        },
+        describe,
     })
+}
+
+/// The one-line summary `tether check` prints for a TLS listener.
+fn describe(t: &RawTls, names: &[String]) -> String {
+    let mut d = format!("cert {}", t.cert.get_ref());
+    if !names.is_empty() {
+        d += &format!(", SNI: {}", names.join(", "));
+    }
+    if let Some(ca) = &t.client_ca {
+        d += &format!(", client certificates from {}", ca.get_ref());
+    }
+    if let Some(hsts) = &t.hsts {
+        d += &format!(", HSTS {}", hsts.get_ref());
+    }
+    d
 }
 
 fn file_error(path: &Spanned<String>, why: impl fmt::Display) -> Invalid {
