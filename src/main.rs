@@ -117,6 +117,7 @@ fn main() -> ExitCode {
             }),
         Command::Demo { listen, admin } => {
             logging(false);
+            raise_open_files();
             runtime(None).and_then(|rt| rt.block_on(demo(listen, admin)))
         }
     };

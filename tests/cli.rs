@@ -205,6 +205,8 @@ async fn demo_starts_three_nodes_behind_tether() {
         .parse()
         .unwrap();
 
+    // As `run` does: a demo tried with many connections is not held to 1024.
+    bin.wait_for("open-file limit");
     let (_s, greeting) = ws(addr, "/ws?user=alice", &[]).await;
     assert_eq!(greeting["principal"], "alice");
     let node = greeting["node"].as_str().unwrap().to_owned();
