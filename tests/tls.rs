@@ -1077,3 +1077,51 @@ async fn each_http2_request_takes_a_connection_slot_until_answered() {
     waiting[1].abort();
     proxy.stop().await;
 }
+
+/// An HTTP/2 request body with a `content-length` need not end its stream with its last
+/// bytes (hyper's and OkHttp's clients send the end in a frame of its own, and may send
+/// it late): once the backend has all the bytes, its `response_timeout` runs.
+#[tokio::test]
+async fn an_h2_body_whose_stream_stays_open_still_starts_the_response_timeout() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let node = tokio::spawn(async move {
+        let (mut s, head) = accept_request(&l).await;
+        let mut body = [0u8; 5];
+        s.read_exact(&mut body).await.unwrap();
+        // Never an answer.
+        (s, head, body)
+    });
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let toml = tls_config(&[], &cert_keys(&leaf), "").replace(
+        "backends = []",
+        &format!("backends = [\"{backend}\"]\nresponse_timeout = \"300ms\""),
+    );
+    let proxy = Proxy::start(&toml).await;
+    let stream = h2_tls(&proxy, &pki).await;
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+    let req = Request::post(format!("https://chat.example.com:{}/up", proxy.addr.port()))
+        .header("content-length", "5")
+        .body(body)
+        .unwrap();
+    let answer = tokio::spawn(h2.send_request(req));
+    tx.send_data(Bytes::from_static(b"hello")).await.unwrap();
+    let (_held, head, got) = node.await.unwrap();
+    assert!(head.starts_with("POST /up"), "{head}");
+    assert_eq!(&got, b"hello");
+    // The client's stream is still open (`tx` lives on); the answer comes all the same.
+    let resp = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .expect("no answer: response_timeout never started")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    drop(tx);
+    proxy.stop().await;
+}

@@ -85,12 +85,16 @@ impl Stall {
             return Poll::Ready(Ok(frame));
         }
         let limit = self.limit;
+        // Every wait that starts the timer (made or restarted) clears `moved`, so a
+        // wake-up, the timer's own included, does not start it again.
+        let moved = std::mem::take(&mut self.moved);
         let timer = match &mut self.timer {
-            Some(timer) if std::mem::take(&mut self.moved) => {
-                timer.as_mut().reset(Instant::now() + limit);
+            Some(timer) => {
+                if moved {
+                    timer.as_mut().reset(Instant::now() + limit);
+                }
                 timer
             }
-            Some(timer) => timer,
             None => self.timer.insert(Box::pin(tokio::time::sleep(limit))),
         };
         ready!(timer.as_mut().poll(cx));
@@ -110,6 +114,20 @@ pub enum RetryBody {
         /// The listener's `body_timeout`.
         stall: Stall,
     },
+}
+
+impl Drop for RetryBody {
+    fn drop(&mut self) {
+        // The backend connection is done with the body this view read (see `sent`).
+        if let RetryBody::Shared {
+            shared,
+            taken: Some(_),
+            ..
+        } = self
+        {
+            shared.sent.cancel();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -185,8 +203,10 @@ impl RetryBody {
         }
     }
 
-    /// Resolves once the whole body has been handed to a backend: at once for a
-    /// request without one. A backend's time to answer starts there (nginx's
+    /// Resolves once the whole body has been handed to a backend (its end read, or the
+    /// view that read it dropped: hyper drops a body once it has written as many bytes
+    /// as `Content-Length` says, which an HTTP/2 client may follow with a separate empty
+    /// frame that ends the stream): at once for a request without one. A backend's time to answer starts there (nginx's
     /// `proxy_read_timeout`): an upload takes as long as the client takes, each pause
     /// bounded by `body_timeout`.
     pub async fn sent(&self) {
@@ -358,6 +378,23 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    /// A frame ready before the first wait (head and body bytes in one packet) does
+    /// not make the first pause count twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_after_the_first_frame_fails_at_the_limit() {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        let mut body = Drip(rx);
+        let mut stall = Stall::new(Duration::from_secs(60));
+        let frame = poll_fn(|cx| stall.poll_frame(&mut body, cx)).await;
+        assert!(matches!(frame, Ok(Some(Ok(_)))), "{frame:?}");
+        let started = Instant::now();
+        let frame = poll_fn(|cx| stall.poll_frame(&mut body, cx)).await;
+        assert!(matches!(frame, Err(Paused)), "{frame:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]

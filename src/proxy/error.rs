@@ -50,6 +50,8 @@ pub enum ProxyError {
     },
     #[error("backend `{backend}` did not answer in time")]
     Timeout { backend: Arc<str> },
+    #[error("backend `{backend}` took none of the request body for {} (response_timeout)", human(*.after))]
+    NotReading { backend: Arc<str>, after: Duration },
     #[error("backend `{backend}` answered the upgrade {why}")]
     BadUpgrade {
         backend: Arc<str>,
@@ -63,6 +65,7 @@ impl ProxyError {
         match self {
             ProxyError::Upstream { backend, .. }
             | ProxyError::Timeout { backend }
+            | ProxyError::NotReading { backend, .. }
             | ProxyError::BadUpgrade { backend, .. } => Some(backend),
             _ => None,
         }
@@ -86,7 +89,9 @@ impl ProxyError {
             ProxyError::NoBackend { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::BadUpgrade { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::NotReading { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }

@@ -92,8 +92,9 @@ impl Proxy {
                 }
                 // The backend read nothing of the body for its `response_timeout`.
                 Ok(Err(e)) if WriteStalled::within(&e) => {
-                    return Err(ProxyError::Timeout {
+                    return Err(ProxyError::NotReading {
                         backend: b.id.clone(),
+                        after: timeout,
                     });
                 }
                 Ok(Err(e)) => return Err(failed(e.into())),

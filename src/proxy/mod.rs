@@ -14,7 +14,8 @@
 //! that refuses or times out the connect counts a passive failure against its health
 //! and the next one is tried. A backend that accepts but does not answer in time moves
 //! the request on if it can safely be sent twice (an upgrade, or an idempotent method
-//! whose body was not sent), else the client gets 504; an unanswered upgrade counts
+//! without a body: the wait starts once a body is sent, and a streamed body is not sent
+//! again), else the client gets 504; an unanswered upgrade counts
 //! against the backend's health if the backend answers nothing else either, a slow
 //! plain response never does. A connect that fails for want of local descriptors is
 //! not the backend's failure.
