@@ -93,6 +93,15 @@ pub struct WriteStalled {
 }
 
 impl WriteStalled {
+    /// A client that took nothing for its listener's `send_timeout`.
+    pub fn client(limit: Duration) -> WriteStalled {
+        WriteStalled {
+            peer: "the client",
+            setting: "send_timeout",
+            limit,
+        }
+    }
+
     /// Whether `e`, or an error it wraps, is a write that stalled.
     pub fn within(e: &(dyn std::error::Error + 'static)) -> bool {
         std::iter::successors(Some(e), |e| e.source()).any(|e| {

@@ -820,6 +820,60 @@ async fn an_http2_websocket_that_reads_nothing_holds_back_its_backend() {
     proxy.stop().await;
 }
 
+/// nginx's `send_timeout` on HTTP/2 streams. Flow control lets a client stop one stream
+/// while its connection's socket keeps moving, so no socket write stalls: a client that
+/// gives its streams no window at all would otherwise hold a backend connection and a
+/// slot per stream for as long as it kept the connection. Such a stream, a plain answer
+/// or a WebSocket, is cut after `send_timeout`; the connection itself lives on.
+#[tokio::test]
+async fn http2_streams_given_no_window_are_cut_after_send_timeout() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let toml = tls_config(&nodes, &cert_keys(&leaf), "").replacen(
+        "[listener.tls]",
+        "send_timeout = \"1s\"\n[listener.tls]",
+        1,
+    );
+    let proxy = Proxy::start(&toml).await;
+    let port = proxy.addr.port();
+    let live = &proxy.live;
+    let free = || live.connections.available_permits();
+    let stream = h2_tls(&proxy, &pki).await;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(0);
+    let (mut h2, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    // The connection holds one slot; each stream with a backend connection another.
+    let req = Request::get(format!(
+        "https://chat.example.com:{port}/bytes/{}",
+        64 << 20
+    ))
+    .body(Empty::<Bytes>::new())
+    .unwrap();
+    let answer = h2.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(free(), live.max_connections - 2, "the answer holds no slot");
+    eventually(|| async { (free() == live.max_connections - 1).then_some(()) }).await;
+    // A WebSocket to a client that gives it no window, and sends a message for the node
+    // to echo: more than hyper buffers between the tunnel and the stream.
+    let mut tunnel = h2_connect(&mut h2, port, "/ws?u=1").await;
+    assert_eq!(free(), live.max_connections - 2, "the tunnel holds no slot");
+    let message = client_frame(2, &vec![7; 1 << 20]);
+    tokio::spawn(async move {
+        let _ = tunnel.write_all(&message).await;
+        std::future::pending::<()>().await;
+        drop(tunnel);
+    });
+    eventually(|| async { (free() == live.max_connections - 1).then_some(()) }).await;
+    // Answers that need no window still come on the same connection.
+    let req = Request::get(format!("https://chat.example.com:{port}/status/204"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 204);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn an_http2_client_that_only_pings_is_closed() {
     let (pki, proxy, _nodes) = tls_proxy(Some("300ms"), "").await;

@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::Body;
-use crate::listener::Open;
 use crate::principal::Fingerprint;
 
 /// What the access log and the request metrics learn about a request as it goes.
@@ -82,7 +81,6 @@ impl Pending {
             sent: 0,
             complete: false,
             record,
-            _open: None,
         }
     }
 }
@@ -110,16 +108,6 @@ pub struct Logged {
     sent: u64,
     complete: bool,
     record: Option<Box<Record>>,
-    /// On HTTP/2, the stream this body is sent on, open until the body is done.
-    _open: Option<Open>,
-}
-
-impl Logged {
-    /// Keeps `open` (an HTTP/2 stream's count) until the body has been sent.
-    pub(crate) fn holding(mut self, open: Option<Open>) -> Logged {
-        self._open = open;
-        self
-    }
 }
 
 impl HttpBody for Logged {

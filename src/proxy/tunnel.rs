@@ -40,7 +40,7 @@ pub struct TunnelInfo {
     pub closes: Family<ReasonLabels, Counter>,
     /// On HTTP/2, the client connection's count of open streams, held for the
     /// tunnel's life.
-    pub _stream: Option<crate::listener::Open>,
+    pub stream: Option<crate::listener::Open>,
     /// The client connection's share of `max_connections`.
     pub _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -143,25 +143,50 @@ pub(super) async fn splice(
             return;
         }
     };
-    match client.downcast::<TokioIo<SendTimeout<TcpStream>>>() {
+    let backend = (backend, backend_prefix);
+    let client = match client.downcast::<TokioIo<SendTimeout<TcpStream>>>() {
         Ok(parts) => {
-            let pump = Pump::new(
-                parts.io.into_inner(),
-                parts.read_buf,
+            return start(
+                (parts.io.into_inner(), parts.read_buf),
                 backend,
-                backend_prefix,
-            )
-            .metered(info.bytes_up.clone(), info.bytes_down.clone())
-            .watched(registration.ctl.clone());
-            tasks.spawn(Tunnel::new(pump, info, registration));
+                info,
+                registration,
+                &tasks,
+            );
         }
-        Err(client) => {
-            let pump = Pump::new(TokioIo::new(client), Bytes::new(), backend, backend_prefix)
-                .metered(info.bytes_up.clone(), info.bytes_down.clone())
-                .watched(registration.ctl.clone());
-            tasks.spawn(Tunnel::new(pump, info, registration));
+        Err(client) => TokioIo::new(client),
+    };
+    match info
+        .stream
+        .as_ref()
+        .map(crate::listener::Open::send_timeout)
+    {
+        // An HTTP/2 stream: flow control can stop it while its connection's socket
+        // moves, so its own writes are held to the listener's `send_timeout`.
+        Some(limit) => {
+            let client = (SendTimeout::client(client, limit), Bytes::new());
+            start(client, backend, info, registration, &tasks);
         }
+        // TLS: the socket under it has its `SendTimeout`.
+        None => start((client, Bytes::new()), backend, info, registration, &tasks),
     }
+}
+
+/// Spawns the tunnel between `client` and `backend`, each with the bytes already read
+/// from it.
+fn start<C>(
+    client: (C, Bytes),
+    backend: (TcpStream, Bytes),
+    info: TunnelInfo,
+    registration: Registration,
+    tasks: &Shutdown,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let pump = Pump::new(client.0, client.1, backend.0, backend.1)
+        .metered(info.bytes_up.clone(), info.bytes_down.clone())
+        .watched(registration.ctl.clone());
+    tasks.spawn(Tunnel::new(pump, info, registration));
 }
 
 /// A running tunnel, as the task that owns it.

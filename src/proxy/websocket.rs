@@ -233,7 +233,7 @@ impl Proxy {
             bytes_up: metrics.bytes_up(),
             bytes_down: metrics.bytes_down(),
             closes: metrics.tunnels_closed.clone(),
-            _stream: stream,
+            stream,
             _slot: slot,
         };
         let register = || {
