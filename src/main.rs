@@ -402,7 +402,7 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> Result<()> {
     let mut signals = Signals::new()?;
     let traffic = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("cannot listen on {listen} (another with --listen)"))?;
     // The admin listener where asked, else on 9090 if it is free, else anywhere.
     let admin = match admin {
         Some(addr) => TcpListener::bind(addr)
@@ -425,7 +425,8 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> Result<()> {
         nodes.push(node);
     }
     let text = demo::config(listen, admin_addr, &nodes);
-    let config = Config::parse(&text, "demo")?;
+    let mut config = Config::parse(&text, "demo")?;
+    config.max_connections = Some(connection_limit(config.max_connections));
     let listeners = vec![
         Listener::new(listen, traffic),
         Listener::with_kind(Kind::Admin, admin_addr, admin),

@@ -53,6 +53,17 @@ impl CloseReason {
         }
     }
 
+    /// The Close frame's reason text: why, for the people reading client logs.
+    pub fn why(self) -> &'static str {
+        match self {
+            CloseReason::BackendDown => "tether: backend down",
+            CloseReason::Rebalance => "tether: rebalance",
+            CloseReason::Shutdown => "tether: shutting down",
+            CloseReason::Reload => "tether: backend removed",
+            CloseReason::Idle => "tether: idle timeout",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::BackendDown => "backend-down",

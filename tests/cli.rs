@@ -239,6 +239,15 @@ async fn demo_starts_three_nodes_behind_tether() {
     .await;
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("tether status"));
+    // Connections are capped by what the open-file limit allows, as under `run`.
+    let (_, _, metrics) = http(admin.parse().unwrap(), get("localhost", "/metrics", &[])).await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let cap: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_connections_max "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tether_connections_max in {metrics}"));
+    assert!((1..1 << 20).contains(&cap), "{cap}");
     bin.signal("INT");
     assert!(bin.wait_exit().success());
 }

@@ -190,6 +190,13 @@ async fn an_idle_tunnel_is_closed_but_a_heartbeat_keeps_one_open() {
         send_text(&mut beating, &format!("hb{i}")).await;
         assert_eq!(next_text(&mut beating).await, format!("hb{i}"));
     }
+    // Told why: 1001 (going away), and the reason says which going away.
+    let (opcode, payload) = read_frame(&mut quiet).await.expect("no Close frame");
+    assert_eq!((opcode, &payload[..2]), (8, &1001u16.to_be_bytes()[..]));
+    assert_eq!(
+        String::from_utf8_lossy(&payload[2..]),
+        "tether: idle timeout"
+    );
     assert!(closes(&mut quiet).await, "the quiet tunnel was not closed");
     send_text(&mut beating, "still here").await;
     assert_eq!(next_text(&mut beating).await, "still here");

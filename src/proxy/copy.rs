@@ -259,6 +259,7 @@ where
         &mut self,
         to_client: Option<u16>,
         to_backend: Option<u16>,
+        why: &str,
         linger: Duration,
     ) {
         let deadline = tokio::time::Instant::now() + linger;
@@ -278,16 +279,13 @@ where
                 let _ = finish_frame(from, to, &mut self.up, &mut sink).await;
             }
             if let Some(code) = to_client.filter(|_| self.down.may_close()) {
-                let _ = self
-                    .client
-                    .write_all(&close_frame(code, reason(code), None))
-                    .await;
+                let _ = self.client.write_all(&close_frame(code, why, None)).await;
             }
             if let Some(code) = to_backend.filter(|_| self.up.may_close()) {
                 let mask = (crate::upstream::health::now_ms() as u32 | 1).to_be_bytes();
                 let _ = self
                     .backend
-                    .write_all(&close_frame(code, reason(code), Some(mask)))
+                    .write_all(&close_frame(code, why, Some(mask)))
                     .await;
             }
             let _ = tokio::join!(self.client.shutdown(), self.backend.shutdown());
@@ -303,13 +301,6 @@ where
             tokio::join!(client, backend);
         })
         .await;
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        1012 => "tether: service restart",
-        _ => "tether: going away",
     }
 }
 
@@ -428,7 +419,7 @@ where
                 // The backend vanished without closing the WebSocket: tell the client.
                 // The Close is the backend's closing, said for it: tracked as its frame,
                 // so the client's reply does not make the client the one who closed.
-                let close = close_frame(BACKEND_VANISHED, reason(BACKEND_VANISHED), None);
+                let close = close_frame(BACKEND_VANISHED, "tether: backend closed", None);
                 f.frames.feed(&close);
                 f.pending = close.into_boxed_slice();
                 f.pos = 0;
@@ -510,7 +501,7 @@ mod tests {
         to_backend: Option<u16>,
     ) -> (Vec<u8>, Vec<u8>) {
         drop((client_peer.shutdown().await, backend_peer.shutdown().await));
-        pump.close(to_client, to_backend, Duration::from_secs(5))
+        pump.close(to_client, to_backend, "test", Duration::from_secs(5))
             .await;
         let (mut got_client, mut got_backend) = (Vec::new(), Vec::new());
         client_peer.read_to_end(&mut got_client).await.unwrap();
@@ -692,7 +683,10 @@ mod tests {
             client_peer.shutdown().await.unwrap();
             seen
         };
-        let (_, seen) = tokio::join!(pump.close(Some(1012), None, Duration::from_secs(5)), peers);
+        let (_, seen) = tokio::join!(
+            pump.close(Some(1012), None, "test", Duration::from_secs(5)),
+            peers
+        );
         assert_eq!(&seen[..2], &[3, 4]);
         assert_eq!(&seen[2..6], &[0x88, seen[3], 0x03, 0xf4]);
         assert_eq!(pump.totals().1, 6);

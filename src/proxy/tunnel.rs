@@ -83,6 +83,14 @@ impl Closed {
 }
 
 impl Closed {
+    /// The reason text of the Close frames [`Closed::codes`] asks for.
+    fn why(&self) -> &'static str {
+        match self {
+            Closed::Told(r) => r.why(),
+            _ => "tether: backend failed",
+        }
+    }
+
     /// The `reason` label of `tether_tunnels_closed` (one of [`CLOSE_REASONS`]).
     fn label(&self) -> &'static str {
         match self {
@@ -287,7 +295,8 @@ async fn finish<C>(
     drop(registration);
     let (to_client, to_backend) = closed.codes();
     if to_client.is_some() || to_backend.is_some() {
-        pump.close(to_client, to_backend, CLOSE_LINGER).await;
+        pump.close(to_client, to_backend, closed.why(), CLOSE_LINGER)
+            .await;
     }
     let (up, down) = pump.totals();
     info.closes
