@@ -54,6 +54,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod stream_timeout;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -11,15 +11,13 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::Either;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,9 +29,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::TlsConfig;
 use crate::proxy::{ConnInfo, Proxy, StreamSlot};
-use crate::send_timeout::{SendTimeout, WriteStalled};
+use crate::send_timeout::SendTimeout;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
+use crate::stream_timeout::{Sending, Watched};
 
 /// How long accepting pauses after running out of file descriptors, so the loop does
 /// not spin while connections drain.
@@ -197,8 +196,8 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
     let token = info.close.clone();
     // The handler; on HTTP/2 it also counts requests and open streams for the idle
     // timeout (a response body being sent is an open stream; so is a WebSocket, whose
-    // tunnel holds its own `Open`, see `ConnInfo::streams`), and puts each answer's
-    // body under the send timeout (see `Watched`).
+    // tunnel holds its own `Open`, see `ConnInfo::streams`), and puts each answer under
+    // the send timeout (see stream_timeout.rs).
     let service = move |info: Arc<ConnInfo>| {
         service_fn(move |req| {
             let proxy = proxy.clone();
@@ -211,7 +210,10 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
                 let slot = resp.extensions_mut().remove::<StreamSlot>();
                 Ok::<_, Infallible>(resp.map(|body| match open {
                     None => Either::Left(body),
-                    Some(open) => Either::Right(Watched::new(body, open.answered(slot))),
+                    Some(open) => {
+                        let sending = open.activity.sending.clone();
+                        Either::Right(Watched::new(body, open.answered(slot), sending))
+                    }
                 }))
             }
         })
@@ -234,7 +236,7 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let activity = Arc::new(Activity {
-            send_timeout: settings.send_timeout,
+            sending: Arc::new(Sending::new(settings.send_timeout)),
             ..Activity::default()
         });
         let info = Arc::new(ConnInfo {
@@ -304,8 +306,8 @@ const H2_STREAM_WINDOW: u32 = 64 * 1024;
 /// "for `header_timeout`" is one to two of them. A connection carrying a WebSocket is
 /// never idle.
 ///
-/// Once per `send_timeout`, streams whose client has taken nothing of their answer for
-/// `send_timeout` are cut (see [`Watched`]).
+/// Once per `send_timeout`, answers whose client has stopped taking them are cut (see
+/// stream_timeout.rs).
 async fn http2<I, S, B>(
     io: I,
     settings: &Settings,
@@ -358,7 +360,7 @@ async fn http2<I, S, B>(
                 closing = true;
             }
             _ = sending.tick() => {
-                activity.cut_stalled();
+                activity.sending.cut_stalled();
                 // hyper never ends a cut stream (it waits for window the client does
                 // not give), so a closing connection may have only those left.
                 if closing && activity.open.load(Ordering::Relaxed) == 0 {
@@ -404,10 +406,8 @@ const ABUSIVE_GRACE: Duration = Duration::from_secs(1);
 /// look at.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
-    /// The listener's `send_timeout`.
-    send_timeout: Duration,
-    /// The answers being sent (see [`Watched`]), by key.
-    sending: Mutex<slab::Slab<Arc<dyn Sending>>>,
+    /// The answers being sent, under the listener's `send_timeout`.
+    sending: Arc<Sending>,
     /// Requests seen at all.
     requests: AtomicU64,
     /// Streams open: requests being handled, response bodies being sent, WebSockets.
@@ -420,174 +420,6 @@ pub(crate) struct Activity {
     /// (the HTTP/2 "rapid reset" attack, CVE-2023-44487, in the variant that waits for
     /// the request to be accepted, which h2's own limit on resets does not see).
     abusive: tokio::sync::Notify,
-}
-
-impl Activity {
-    /// Cuts the answers whose client has taken nothing of them for `send_timeout`.
-    fn cut_stalled(&self) {
-        let Some(before) = Instant::now().checked_sub(self.send_timeout) else {
-            return;
-        };
-        // Collected first: a cut drops a body (and writes its access event), which
-        // need not happen under the lock.
-        let sending: Vec<_> = lock(&self.sending).iter().map(|(_, s)| s.clone()).collect();
-        for answer in sending {
-            answer.cut_if_waiting_since(before);
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// An answer being sent on an HTTP/2 stream, as [`Activity::cut_stalled`] sees it.
-trait Sending: Send + Sync + std::fmt::Debug {
-    /// Drops the answer if it has waited for its client since `before`.
-    fn cut_if_waiting_since(&self, before: Instant);
-}
-
-/// An HTTP/2 response body, with its stream's [`Open`], under the listener's
-/// `send_timeout` (nginx's applies to HTTP/2 streams too).
-///
-/// HTTP/2 flow control lets a client stop one stream while its connection keeps
-/// moving: hyper then stops polling that stream's body and no socket write stalls, so
-/// [`SendTimeout`] cannot see it. Without this a client granting its streams no window
-/// would hold a backend connection and a connection slot per stream, 128 per
-/// connection, for as long as it kept the connection.
-///
-/// hyper asks a body for its next frame once the stream can send more than what it
-/// still holds of the last one, so a body that hands over at most [`PIECE`] at a time
-/// is asked again at least every `PIECE` bytes the client takes. The body notes when
-/// it last handed over a frame and has not been asked for the next since (an answer
-/// waiting for its backend is the backend's `response_timeout`'s, not this); the
-/// connection checks its answers once per `send_timeout` ([`Activity::cut_stalled`]),
-/// and drops the body and the stream's count of one that has waited for its client
-/// that long. The backend connection closes, the slot frees, the access event is
-/// written as aborted, and the client finds the stream failed (reset) when it next
-/// takes from it. So, as nginx's, the limit is on progress, not on the whole answer:
-/// a stream is cut when its client took less than `PIECE` of it in `send_timeout`.
-#[derive(Debug)]
-pub(crate) struct Watched<B> {
-    answer: Arc<Mutex<Answer<B>>>,
-    /// Where this answer is registered while it has a body to send.
-    key: Option<(Arc<Activity>, usize)>,
-}
-
-/// The most of an answer's data handed to hyper at once (see [`Watched`]): one
-/// HTTP/2 DATA frame at the default frame size.
-const PIECE: usize = 16 * 1024;
-
-#[derive(Debug)]
-struct Answer<B> {
-    /// The body and its stream's count; `None` once cut.
-    body: Option<(B, Open)>,
-    /// What is left of the last data frame beyond the [`PIECE`] handed over.
-    rest: Bytes,
-    /// Since when the body has waited for hyper to take its next frame (it handed one
-    /// over, or has just been made); `None` while hyper waits on the body.
-    waiting: Option<Instant>,
-    /// The listener's `send_timeout`.
-    limit: Duration,
-}
-
-impl<B: Body + Send + Unpin + std::fmt::Debug + 'static> Watched<B> {
-    fn new(body: B, open: Open) -> Watched<B> {
-        let activity = open.activity.clone();
-        let ends = body.is_end_stream();
-        let answer = Arc::new(Mutex::new(Answer {
-            body: Some((body, open)),
-            rest: Bytes::new(),
-            waiting: Some(Instant::now()),
-            limit: activity.send_timeout,
-        }));
-        // An empty body is sent with the head: nothing to watch.
-        let key = (!ends).then(|| {
-            let key = lock(&activity.sending).insert(answer.clone());
-            (activity, key)
-        });
-        Watched { answer, key }
-    }
-}
-
-impl<B: Body + Send + Unpin + std::fmt::Debug> Sending for Mutex<Answer<B>> {
-    fn cut_if_waiting_since(&self, before: Instant) {
-        let mut answer = lock(self);
-        if answer.waiting.is_none_or(|since| since > before) {
-            return;
-        }
-        answer.waiting = None;
-        let cut = answer.body.take();
-        let limit = answer.limit;
-        drop(answer);
-        drop(cut);
-        debug!(
-            "HTTP/2 client took nothing of an answer for {}; stream cut",
-            crate::config::human(limit)
-        );
-    }
-}
-
-impl<B> Drop for Watched<B> {
-    fn drop(&mut self) {
-        if let Some((activity, key)) = &self.key {
-            lock(&activity.sending).remove(*key);
-        }
-    }
-}
-
-impl<B> Body for Watched<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let answer = &mut *lock(&self.answer);
-        answer.waiting = None;
-        let Some((body, _)) = &mut answer.body else {
-            return Poll::Ready(Some(Err(WriteStalled::client(answer.limit).into())));
-        };
-        if answer.rest.is_empty() {
-            match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => answer.rest = data,
-                    Err(trailers) => {
-                        answer.waiting = Some(Instant::now());
-                        return Poll::Ready(Some(Ok(trailers)));
-                    }
-                },
-                end => return Poll::Ready(end.map(|r| r.map_err(Into::into))),
-            }
-        }
-        let n = answer.rest.len().min(PIECE);
-        answer.waiting = Some(Instant::now());
-        Poll::Ready(Some(Ok(Frame::data(answer.rest.split_to(n)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let answer = lock(&self.answer);
-        answer.rest.is_empty() && answer.body.as_ref().is_some_and(|(b, _)| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let answer = lock(&self.answer);
-        let Some((body, _)) = &answer.body else {
-            return SizeHint::default();
-        };
-        let (hint, rest) = (body.size_hint(), answer.rest.len() as u64);
-        let mut total = SizeHint::new();
-        total.set_lower(hint.lower() + rest);
-        if let Some(upper) = hint.upper() {
-            total.set_upper(upper + rest);
-        }
-        total
-    }
 }
 
 /// One open stream of an HTTP/2 connection, counted in [`Activity`] until dropped.
@@ -622,7 +454,7 @@ impl Open {
 
     /// The listener's `send_timeout`, which the stream's writes are held to.
     pub(crate) fn send_timeout(&self) -> Duration {
-        self.activity.send_timeout
+        self.activity.sending.limit()
     }
 
     /// The request's answer is ready: the stream stays open, with the request's slot
@@ -660,81 +492,5 @@ mod tests {
         let (stream, _) = accepted.unwrap();
         configure(&stream);
         assert!(stream.nodelay().unwrap());
-    }
-
-    /// A body with a frame whenever the test gives it one.
-    #[derive(Debug, Clone, Default)]
-    struct Tap(Arc<Mutex<Option<Bytes>>>);
-
-    impl Body for Tap {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            match lock(&self.0).take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Poll::Pending,
-            }
-        }
-    }
-
-    fn next(answer: &mut Watched<Tap>) -> Poll<Option<Result<Frame<Bytes>, String>>> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        Pin::new(answer)
-            .poll_frame(&mut cx)
-            .map(|f| f.map(|r| r.map_err(|e| e.to_string())))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn only_an_answer_that_waits_for_its_client_is_cut() {
-        let limit = Duration::from_secs(60);
-        let activity = Arc::new(Activity {
-            send_timeout: limit,
-            ..Activity::default()
-        });
-        let tap = Tap::default();
-        let mut answer = Watched::new(tap.clone(), Open::request(&activity).answered(None));
-        assert_eq!(activity.open.load(Ordering::Relaxed), 1);
-        // Waiting for its backend (hyper asked, the body has nothing yet) is the
-        // backend's response_timeout's business, however long.
-        assert!(next(&mut answer).is_pending());
-        tokio::time::advance(limit * 3).await;
-        activity.cut_stalled();
-        // A client that takes each frame within the limit keeps its answer.
-        for _ in 0..3 {
-            *lock(&tap.0) = Some(Bytes::from_static(b"x"));
-            assert!(matches!(next(&mut answer), Poll::Ready(Some(Ok(_)))));
-            tokio::time::advance(limit - Duration::from_secs(1)).await;
-            activity.cut_stalled();
-        }
-        assert_eq!(activity.open.load(Ordering::Relaxed), 1);
-        // One that takes nothing more for the limit loses it, and the stream its count.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        activity.cut_stalled();
-        assert_eq!(activity.open.load(Ordering::Relaxed), 0);
-        match next(&mut answer) {
-            Poll::Ready(Some(Err(e))) => assert!(e.contains("send_timeout"), "{e}"),
-            other => panic!("{other:?}"),
-        }
-        drop(answer);
-        assert!(lock(&activity.sending).is_empty());
-    }
-
-    #[tokio::test]
-    async fn an_answer_is_handed_over_a_piece_at_a_time() {
-        // So hyper asks for more at least every PIECE bytes the client takes, and an
-        // answer a slow client is still taking is never seen as waiting for it.
-        let activity = Arc::new(Activity::default());
-        let tap = Tap::default();
-        let mut answer = Watched::new(tap.clone(), Open::request(&activity).answered(None));
-        *lock(&tap.0) = Some(Bytes::from(vec![1; 2 * PIECE + 100]));
-        let mut sizes = Vec::new();
-        while let Poll::Ready(Some(Ok(frame))) = next(&mut answer) {
-            sizes.push(frame.into_data().unwrap().len());
-        }
-        assert_eq!(sizes, [PIECE, PIECE, 100]);
     }
 }

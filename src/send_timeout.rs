@@ -23,13 +23,15 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// A socket whose writes must progress within `limit`.
+use crate::config::human;
+use crate::stream_timeout::PIECE;
+
+/// A socket whose writes must progress within a limit.
 #[derive(Debug)]
 pub struct SendTimeout<S> {
     inner: S,
-    limit: Duration,
-    /// Who fails to read, and the setting, for the error: ("the client", "send_timeout").
-    peer: (&'static str, &'static str),
+    /// What a write that does not progress fails with; it holds the limit.
+    stalled: WriteStalled,
     /// Armed at the first write that could not proceed; dropped at the next that does.
     blocked: Option<Pin<Box<Sleep>>>,
 }
@@ -37,19 +39,35 @@ pub struct SendTimeout<S> {
 impl<S> SendTimeout<S> {
     /// Towards a client: the listener's `send_timeout`.
     pub fn client(inner: S, limit: Duration) -> SendTimeout<S> {
-        SendTimeout {
-            inner,
-            limit,
-            peer: ("the client", "send_timeout"),
-            blocked: None,
-        }
+        SendTimeout::new(inner, Peer::Client, limit)
     }
 
     /// Towards a backend: its upstream's `response_timeout`.
     pub fn backend(inner: S, limit: Duration) -> SendTimeout<S> {
+        SendTimeout::new(inner, Peer::Backend, limit)
+    }
+
+    /// A WebSocket over an HTTP/2 stream: the listener's `send_timeout`. hyper takes
+    /// the next write into such a stream once it has sent the last one whole, so
+    /// writes are cut to [`PIECE`] and a client that takes less than that in the limit
+    /// fails it, as an answer on HTTP/2 does (see stream_timeout.rs).
+    pub fn stream(inner: S, limit: Duration) -> SendTimeout<S> {
+        SendTimeout::new(inner, Peer::Stream, limit)
+    }
+
+    fn new(inner: S, peer: Peer, limit: Duration) -> SendTimeout<S> {
         SendTimeout {
-            peer: ("the backend", "response_timeout"),
-            ..SendTimeout::client(inner, limit)
+            inner,
+            stalled: WriteStalled { peer, limit },
+            blocked: None,
+        }
+    }
+
+    /// The most one write passes on.
+    fn most(&self, len: usize) -> usize {
+        match self.stalled.peer {
+            Peer::Stream => len.min(PIECE),
+            _ => len,
         }
     }
 
@@ -68,36 +86,53 @@ impl<S> SendTimeout<S> {
             self.blocked = None;
             return polled;
         }
-        let limit = self.limit;
+        let limit = self.stalled.limit;
         let timer = self
             .blocked
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         ready!(timer.as_mut().poll(cx));
-        let (peer, setting) = self.peer;
-        let stalled = WriteStalled {
-            peer,
-            setting,
-            limit,
-        };
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, stalled)))
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, self.stalled)))
     }
 }
 
 /// What a [`SendTimeout`] write fails with (inside an `io::Error` of kind `TimedOut`).
-#[derive(Debug, thiserror::Error)]
-#[error("{peer} read nothing for {} ({setting})", crate::config::human(*.limit))]
+#[derive(Debug, Clone, Copy)]
 pub struct WriteStalled {
-    peer: &'static str,
-    setting: &'static str,
+    peer: Peer,
     limit: Duration,
 }
 
+/// Who did not read.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    Client,
+    Backend,
+    /// A client, on one HTTP/2 stream.
+    Stream,
+}
+
+impl std::fmt::Display for WriteStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limit = human(self.limit);
+        match self.peer {
+            Peer::Client => write!(f, "the client read nothing for {limit} (send_timeout)"),
+            Peer::Backend => write!(f, "the backend read nothing for {limit} (response_timeout)"),
+            Peer::Stream => write!(
+                f,
+                "the client took less than {} KiB of its stream in {limit} (send_timeout)",
+                PIECE / 1024
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WriteStalled {}
+
 impl WriteStalled {
-    /// A client that took nothing for its listener's `send_timeout`.
-    pub fn client(limit: Duration) -> WriteStalled {
+    /// An HTTP/2 stream whose client took less than [`PIECE`] in `limit`.
+    pub fn stream(limit: Duration) -> WriteStalled {
         WriteStalled {
-            peer: "the client",
-            setting: "send_timeout",
+            peer: Peer::Stream,
             limit,
         }
     }
@@ -129,6 +164,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let buf = &buf[..this.most(buf.len())];
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.judge(cx, polled)
     }
@@ -139,6 +175,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.most(usize::MAX) < usize::MAX {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
+        }
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.judge(cx, polled)
     }
@@ -199,5 +242,21 @@ mod tests {
         let err = s.write_all(&[5; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_takes_a_piece_per_write_and_says_so_when_it_stalls() {
+        let (near, mut far) = tokio::io::duplex(4 * PIECE);
+        let mut s = SendTimeout::stream(near, Duration::from_secs(60));
+        // Progress is seen per write, so no write passes on more than a piece.
+        assert_eq!(s.write(&[1; 3 * PIECE]).await.unwrap(), PIECE);
+        far.read_exact(&mut vec![0; PIECE]).await.unwrap();
+        s.write_all(&[2; 4 * PIECE]).await.unwrap();
+        let err = s.write_all(&[3; 1]).await.unwrap_err();
+        let text = err.get_ref().unwrap().to_string();
+        assert_eq!(
+            text,
+            "the client took less than 8 KiB of its stream in 1m (send_timeout)"
+        );
     }
 }

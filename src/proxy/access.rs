@@ -81,6 +81,7 @@ impl Pending {
             sent: 0,
             complete: false,
             record,
+            cut: false,
         }
     }
 }
@@ -108,6 +109,15 @@ pub struct Logged {
     sent: u64,
     complete: bool,
     record: Option<Box<Record>>,
+    /// Cut by the HTTP/2 send timeout: aborted, however much was passed on.
+    cut: bool,
+}
+
+impl crate::stream_timeout::Cut for Logged {
+    fn cut(&mut self, unsent: usize) {
+        self.cut = true;
+        self.sent = self.sent.saturating_sub(unsent as u64);
+    }
 }
 
 impl HttpBody for Logged {
@@ -145,7 +155,8 @@ impl Drop for Logged {
     fn drop(&mut self) {
         let Some(r) = self.record.take() else { return };
         // A HEAD response has no body to send: hyper drops it unpolled.
-        let complete = self.complete || self.inner.is_end_stream() || r.meta.method == Method::HEAD;
+        let complete = !self.cut
+            && (self.complete || self.inner.is_end_stream() || r.meta.method == Method::HEAD);
         write(&r.access, &r.meta, r.status.as_u16(), self.sent, !complete);
     }
 }
@@ -165,4 +176,52 @@ fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
         principal = a.principal.map(tracing::field::display),
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream_timeout::Cut;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Either, Full};
+    use std::sync::Mutex;
+
+    /// The access events written while `f` runs, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_cut_answer_is_aborted_with_only_what_left_counted() {
+        let event = logged(|| {
+            let body = Either::Right(Full::new(Bytes::from(vec![0; 100])));
+            let mut answer =
+                Pending::new(&Method::GET, Instant::now()).answered(StatusCode::OK, body);
+            // All of it passed on, but 40 bytes never left: the client was cut off.
+            let frame = futures_util::FutureExt::now_or_never(answer.frame()).unwrap();
+            assert_eq!(frame.unwrap().unwrap().into_data().unwrap().len(), 100);
+            answer.cut(40);
+        });
+        assert!(event.contains("bytes_down=60"), "{event}");
+        assert!(event.contains("aborted=true"), "{event}");
+    }
 }

@@ -172,7 +172,7 @@ pub(super) async fn splice(
         // An HTTP/2 stream: flow control can stop it while its connection's socket
         // moves, so its own writes are held to the listener's `send_timeout`.
         Some(limit) => {
-            let client = (SendTimeout::client(client, limit), Bytes::new());
+            let client = (SendTimeout::stream(client, limit), Bytes::new());
             start(client, backend, info, registration, &tasks);
         }
         // TLS: the socket under it has its `SendTimeout`.
