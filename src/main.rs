@@ -20,6 +20,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+use tether::balance::Table;
 use tether::config::{Config, summary};
 use tether::demo::{self, Node};
 use tether::listener::Kind;
@@ -216,9 +217,11 @@ fn owner(path: &Path, upstream: &str, key: &OsStr) -> Result<()> {
     if key.is_empty() {
         bail!("KEY is empty; tether never places by an empty value (the route's fallback applies)");
     }
-    let config = Config::load(path)?;
-    let Some(u) = config.upstream(upstream) else {
-        let known: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    // Only ids and weights: a machine without the certificates or the backends' DNS
+    // gets the same answer.
+    let placements = Config::placements(path)?;
+    let Some((_, backends)) = placements.iter().find(|(name, _)| name == upstream) else {
+        let known: Vec<&str> = placements.iter().map(|(name, _)| name.as_str()).collect();
         bail!(
             "no upstream `{upstream}` in {}; defined: {}",
             path.display(),
@@ -226,8 +229,9 @@ fn owner(path: &Path, upstream: &str, key: &OsStr) -> Result<()> {
         );
     };
     let key = Principal::from_bytes(key.as_bytes()).key();
-    match u.table().owner(key) {
-        Some(i) => outln!("{}", u.backends[i].id),
+    let table = Table::new(backends.iter().map(|(id, weight)| (id.as_str(), *weight)));
+    match table.owner(key) {
+        Some(i) => outln!("{}", backends[i].0),
         None => bail!("upstream `{upstream}` has no backends"),
     }
     Ok(())

@@ -145,6 +145,30 @@ fn owner_prints_the_placement_answer() {
     let (code, _, err) = tether(&["owner", "--config", &path, "--upstream", "app", ""]);
     assert_eq!(code, 1);
     assert!(err.contains("KEY is empty"), "{err}");
+
+    // Placement depends on ids and weights alone: an app server asking without the
+    // proxy's certificates or its view of DNS gets the same answer.
+    let (_dir, elsewhere) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"/nonexistent.pem\"\n\
+         key = \"/nonexistent.key\"\n[upstream.app]\nbackends = [{ addr = \"a.invalid:1\", name = \"a\" }, \
+         { addr = \"b.invalid:2\", name = \"b\" }, { addr = \"c.invalid:3\", name = \"c\" }]\n",
+    );
+    let (code, out, err) = tether(&[
+        "owner",
+        "--config",
+        &elsewhere,
+        "--upstream",
+        "app",
+        "alice",
+    ]);
+    assert_eq!((code, out.trim()), (0, "b"), "{err}");
+    // What placement does depend on is still checked, at its position.
+    let (_dir, twice) = write_config(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nbackends = [\"a.invalid:1\", \"a.invalid:1\"]\n",
+    );
+    let (code, _, err) = tether(&["owner", "--config", &twice, "--upstream", "app", "alice"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":4:") && err.contains("used twice"), "{err}");
 }
 
 #[tokio::test]

@@ -32,8 +32,8 @@ use raw::{RawConfig, RawListener};
 use route::build_routes;
 pub use summary::{human, summary};
 pub use tls::{TlsConfig, provider};
-use upstream::build_upstream;
 pub use upstream::{BackendConfig, HealthConfig, Probe, Rebalance, UpstreamConfig};
+use upstream::{build_upstream, placement};
 
 /// Default for `route.idle_timeout`: a tunnel with no byte in either direction for
 /// this long is closed. Far above any heartbeat interval (STOMP 10 s, Socket.IO 25 s,
@@ -151,30 +151,27 @@ impl Config {
 
     /// Reads and parses the file at `path`; errors name the path as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            origin: origin.clone(),
-            source,
-        })?;
+        let (text, origin) = read(path)?;
         Config::parse(&text, &origin)
     }
 
     /// Parses TOML `text`; `origin` names it in error messages (usually the path).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let at = |span: Option<Range<usize>>, message: String| {
-            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError::At {
-                origin: origin.to_owned(),
-                line,
-                column,
-                message,
-            }
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(("", ""), |s| line_at(text, s.start));
-            at(e.span(), with_hint(e.message().trim(), line))
-        })?;
-        build(raw).map_err(|Invalid { span, message }| at(Some(span), message))
+        let raw = parse_raw(text, origin)?;
+        build(raw).map_err(|e| e.at(text, origin))
+    }
+
+    /// Each upstream's backends as placement sees them (id and weight), from the file
+    /// at `path`: all `tether owner` needs, so unlike [`Config::load`] this reads no
+    /// certificate and resolves no host name.
+    pub fn placements(path: &Path) -> Result<Vec<(String, Placement)>, ConfigError> {
+        let (text, origin) = read(path)?;
+        let raw = parse_raw(&text, &origin)?;
+        raw.upstream
+            .into_iter()
+            .map(|(name, u)| Ok((name.into_inner(), placement(u.backends.get_ref())?)))
+            .collect::<Result<_, Invalid>>()
+            .map_err(|e| e.at(&text, &origin))
     }
 
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
@@ -182,10 +179,48 @@ impl Config {
     }
 }
 
+/// An upstream's backends as placement sees them: id and weight, in order.
+pub type Placement = Vec<(String, u32)>;
+
+/// The text of the file at `path`, and its name for error messages.
+fn read(path: &Path) -> Result<(String, String), ConfigError> {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, origin)),
+        Err(source) => Err(ConfigError::Read { origin, source }),
+    }
+}
+
+/// `text` as TOML of the configuration's shape; syntax and unknown keys fail here.
+fn parse_raw(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(("", ""), |s| line_at(text, s.start));
+        let message = with_hint(e.message().trim(), line);
+        Invalid {
+            span: e.span().unwrap_or(0..0),
+            message,
+        }
+        .at(text, origin)
+    })
+}
+
 /// A semantic error at a span of the source, before it is turned into line:column.
 pub(crate) struct Invalid {
     span: Range<usize>,
     message: String,
+}
+
+impl Invalid {
+    /// This error at its line and column of `text`, read from `origin`.
+    fn at(self, text: &str, origin: &str) -> ConfigError {
+        let (line, column) = line_col(text, self.span.start);
+        ConfigError::At {
+            origin: origin.to_owned(),
+            line,
+            column,
+            message: self.message,
+        }
+    }
 }
 
 pub(crate) fn invalid<T>(span: Range<usize>, message: impl fmt::Display) -> Result<T, Invalid> {

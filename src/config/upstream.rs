@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawHealth, RawUpstream};
-use super::{Invalid, duration, duration_or, invalid};
+use super::raw::{RawBackend, RawHealth, RawUpstream};
+use super::{Invalid, Placement, duration, duration_or, invalid};
 use crate::balance::Table;
 use crate::upstream::health::Thresholds;
 
@@ -86,6 +86,32 @@ impl UpstreamConfig {
     }
 }
 
+/// Each backend's id and weight, checked: all that placement depends on.
+pub(super) fn placement(backends: &[Spanned<RawBackend>]) -> Result<Placement, Invalid> {
+    let mut ids = HashSet::new();
+    let mut placed = Vec::with_capacity(backends.len());
+    for b in backends {
+        let (span, b) = (b.span(), b.get_ref());
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(_) => return invalid(span, format!("`weight` must be 1..={MAX_WEIGHT}")),
+        };
+        let id = b.name.clone().unwrap_or_else(|| b.addr.clone());
+        if id.is_empty() {
+            return invalid(span, "a backend `name` cannot be empty");
+        }
+        if !ids.insert(id.clone()) {
+            return invalid(
+                span,
+                format!("backend id `{id}` is used twice in this upstream; give one a `name`"),
+            );
+        }
+        placed.push((id, weight));
+    }
+    Ok(placed)
+}
+
 pub(super) fn build_upstream(
     name: Spanned<String>,
     u: RawUpstream,
@@ -96,30 +122,15 @@ pub(super) fn build_upstream(
     if u.backends.get_ref().is_empty() {
         return invalid(u.backends.span(), "an upstream needs at least one backend");
     }
-    let mut backends = Vec::with_capacity(u.backends.get_ref().len());
-    let mut ids = HashSet::new();
-    for b in u.backends.into_inner() {
-        let span = b.span();
-        let b = b.into_inner();
-        let addr = match resolve(&b.addr) {
+    let placed = placement(u.backends.get_ref())?;
+    let mut backends = Vec::with_capacity(placed.len());
+    for (b, (id, weight)) in u.backends.get_ref().iter().zip(placed) {
+        let addr = match resolve(&b.get_ref().addr) {
             Ok(a) => a,
-            Err(why) => return invalid(span, format!("backend `{}`: {why}", b.addr)),
+            Err(why) => {
+                return invalid(b.span(), format!("backend `{}`: {why}", b.get_ref().addr));
+            }
         };
-        let weight = match b.weight {
-            None => 1,
-            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
-            Some(_) => return invalid(span, format!("`weight` must be 1..={MAX_WEIGHT}")),
-        };
-        let id = b.name.unwrap_or(b.addr);
-        if id.is_empty() {
-            return invalid(span, "a backend `name` cannot be empty");
-        }
-        if !ids.insert(id.clone()) {
-            return invalid(
-                span,
-                format!("backend id `{id}` is used twice in this upstream; give one a `name`"),
-            );
-        }
         backends.push(BackendConfig { id, addr, weight });
     }
     let rebalance = match u
