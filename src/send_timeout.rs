@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -204,12 +203,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
 }
 
 /// The pooled client asks a connection what it is: what the socket inside says.
-impl<S: Connection> Connection for SendTimeout<S> {
-    fn connected(&self) -> Connected {
-        self.inner.connected()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

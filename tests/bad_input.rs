@@ -126,6 +126,9 @@ async fn an_http_1_0_request_without_host_uses_host_less_routes() {
         "{got}"
     );
     assert!(got.contains("\"node\":\"a\""), "{got}");
+    // HTTP/1.1, which the backend speaks, needs a Host: the backend's own address.
+    let host = format!("\"host\":\"{}\"", nodes[0].addr);
+    assert!(got.contains(&host), "{host} not in {got}");
     proxy.stop().await;
 }
 

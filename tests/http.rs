@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test]
 async fn backend_connections_are_pooled_across_client_connections() {
@@ -56,6 +56,33 @@ async fn a_reload_keeps_pooled_connections_to_the_backends_it_keeps() {
     );
     reload(config(&nodes, "", "keepalive_timeout = \"3s\""));
     assert_ne!(connection().await, first, "new timeouts, same pool");
+    proxy.stop().await;
+}
+
+/// A pooled connection idle for `keepalive_timeout` is closed then, not kept open
+/// until the next request needs one (nginx's upstream `keepalive_timeout`).
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_keepalive_timeout() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nbackends = [\"{}\"]\nkeepalive_timeout = \"200ms\"\n",
+        backend.local_addr().unwrap()
+    ))
+    .await;
+    let client = tokio::spawn(http(proxy.addr, get("t", "/", &[])));
+    let (mut conn, head) = accept_request(&backend).await;
+    assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head}");
+    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    let (status, _, body) = client.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"ok");
+    assert!(
+        closes(&mut conn).await,
+        "the idle backend connection outlived keepalive_timeout"
+    );
     proxy.stop().await;
 }
 

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::human;
+use crate::upstream::pool::Lease;
 
 /// The longest pause a body's sender may take, and the timer that holds it to that.
 /// The timer is made on the first wait (most bodies arrive whole and never wait) and
@@ -309,6 +310,8 @@ pub struct Answer {
     body: Incoming,
     stall: Stall,
     backend: Arc<str>,
+    /// The pooled connection the answer came on, returned when the body is dropped.
+    _lease: Option<Lease>,
 }
 
 /// The backend sent nothing more of its answer for its upstream's `response_timeout`.
@@ -320,11 +323,12 @@ pub struct AnswerStalled {
 }
 
 impl Answer {
-    pub fn new(body: Incoming, stall: Duration, backend: Arc<str>) -> Answer {
+    pub fn new(body: Incoming, lease: Option<Lease>, stall: Duration, backend: Arc<str>) -> Answer {
         Answer {
             body,
             stall: Stall::new(stall),
             backend,
+            _lease: lease,
         }
     }
 }

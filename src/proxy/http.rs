@@ -3,8 +3,8 @@
 //! reading it, so a refused connect moves the same request to the next candidate.
 
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
-use hyper::{Request, Response, Version};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use hyper::{Request, Response, Uri, Version};
 use tracing::{debug, warn};
 
 use super::body::RetryBody;
@@ -14,6 +14,7 @@ use crate::config::human;
 use crate::principal::Principal;
 use crate::send_timeout::WriteStalled;
 use crate::upstream::Upstream;
+use crate::upstream::pool::SendError;
 
 impl Proxy {
     /// A plain request through the first reachable candidate's keep-alive pool; with
@@ -47,7 +48,7 @@ impl Proxy {
             Version::HTTP_2 => Some(self.stream_slot()?),
             _ => None,
         };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = origin_form(&parts.uri);
         let timeout = upstream.config.response_timeout;
         let registry = &self.live.registry;
         let mut candidates = if follow_socket {
@@ -56,7 +57,7 @@ impl Proxy {
             upstream.candidates(principal.key(), registry)
         };
         let mut last = None;
-        let (backend, resp) = loop {
+        let (backend, resp, lease) = loop {
             let Some(b) = candidates.next() else {
                 return Err(exhausted(last, upstream));
             };
@@ -68,22 +69,26 @@ impl Proxy {
             };
             let mut r = Request::new(body.again());
             *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = b.uri(path).map_err(|e| failed(e.into()))?;
+            *r.uri_mut() = target.clone();
             *r.version_mut() = Version::HTTP_11;
             *r.headers_mut() = parts.headers.clone();
+            // HTTP/1.1, which backends speak, requires a `Host`.
+            r.headers_mut()
+                .entry(HOST)
+                .or_insert_with(|| b.host.clone());
             // The answer's time starts once the request is sent (see body.rs).
             let answered = tokio::select! {
                 biased;
-                r = b.client().request(r) => Ok(r),
+                r = b.pool().send(r) => Ok(r),
                 () = async {
                     body.sent().await;
                     tokio::time::sleep(timeout).await;
                 } => Err(()),
             };
             match answered {
-                Ok(Ok(resp)) => break (b, resp),
+                Ok(Ok((resp, lease))) => break (b, resp, lease),
                 // Nothing went upstream: the next candidate gets the same request.
-                Ok(Err(e)) if e.is_connect() && body.untouched() => {
+                Ok(Err(SendError::Connect(e))) if body.untouched() => {
                     // A timeout or broken answer from another candidate says more.
                     last = last.or(self.connect_failed(upstream, b, e.into()));
                 }
@@ -117,10 +122,22 @@ impl Proxy {
             }
         };
         debug!(backend = %backend.id, principal = %principal.fingerprint(), status = resp.status().as_u16(), "proxied");
-        let mut resp = relay(resp, &backend.id, timeout)?;
+        let mut resp = relay(resp, Some(lease), &backend.id, timeout)?;
         if let Some(slot) = slot {
             resp.extensions_mut().insert(slot);
         }
         Ok(resp)
+    }
+}
+
+/// The request target as an HTTP/1.1 backend takes it: origin-form (`/path?query`),
+/// also for an absolute-form or HTTP/2 request; `*` as sent.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     }
 }

@@ -67,6 +67,7 @@ use crate::route::host_name;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Live;
 use crate::upstream::health::now_ms;
+use crate::upstream::pool::Lease;
 use crate::upstream::{Backend, Upstream};
 
 /// Response body: a backend's streamed body, or one tether wrote itself.
@@ -292,8 +293,9 @@ impl Proxy {
                     stream: conn.streams.as_ref().map(crate::listener::Open::new),
                     slot: conn.slot.clone(),
                 };
-                self.upgrade(req, asked, upstream, route, principal, access)
-                    .await?
+                // Boxed: the upgrade's state is twice a plain request's, and every
+                // HTTP/1 connection holds room for its request's (6.4 → 2.9 KB).
+                Box::pin(self.upgrade(req, asked, upstream, route, principal, access)).await?
             }
             None => {
                 self.http(req, conn, upstream, route.follow_socket, principal, access)
@@ -477,6 +479,7 @@ fn redirect_https<B>(
 /// client; `stall` is the longest pause allowed in its body (`response_timeout`).
 fn relay(
     resp: Response<Incoming>,
+    lease: Option<Lease>,
     backend: &Arc<str>,
     stall: Duration,
 ) -> Result<Response<Body>, ProxyError> {
@@ -499,7 +502,7 @@ fn relay(
     }
     strip_hop_by_hop(&mut parts.headers);
     one_content_length(&mut parts.headers);
-    let body = Answer::new(body, stall, backend.clone());
+    let body = Answer::new(body, lease, stall, backend.clone());
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 

@@ -287,7 +287,7 @@ fn finish(
         if key.is_some() && resp.status().is_success() {
             return Err(bad("with a 2xx, not 101"));
         }
-        return relay(resp, &info.backend, stall);
+        return relay(resp, None, &info.backend, stall);
     }
     if !upgrade_is_websocket(resp.headers()) {
         return Err(bad("with 101 but without `Upgrade: websocket`"));

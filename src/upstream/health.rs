@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::HttpClient;
+use super::pool::Pool;
 use crate::config::UpstreamConfig;
 
 /// Milliseconds since the first call in this process: a cheap monotonic clock that fits
@@ -200,12 +200,12 @@ impl Health {
 }
 
 /// Per-backend state that outlives a reload: every live [`Health`], by `(id, address)`,
-/// and every pooled keep-alive client, by address and timeouts. Snapshots hold `Arc`s;
+/// and every backend's keep-alive pool, by address and timeouts. Snapshots hold `Arc`s;
 /// an entry dies with the last snapshot that uses it.
 #[derive(Debug, Default)]
 pub struct Lasting {
     health: Mutex<HashMap<(String, SocketAddr), Weak<Health>>>,
-    clients: Mutex<HashMap<PoolKey, Weak<HttpClient>>>,
+    pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
 }
 
 /// A backend's pool is kept by its address and the timeouts it is built with
@@ -219,21 +219,21 @@ impl Lasting {
         shared(&self.health, (id.to_owned(), addr), || Health::new(up))
     }
 
-    /// The pooled client for `addr`: the current snapshot's when the timeouts are the
-    /// same, so a reload keeps the keep-alive connections to the backends it keeps (as
-    /// Envoy keeps an unchanged cluster's pool), else one `build` makes.
-    pub fn client(
+    /// The keep-alive pool for `addr`: the current snapshot's when the timeouts are
+    /// the same, so a reload keeps the keep-alive connections to the backends it keeps
+    /// (as Envoy keeps an unchanged cluster's pool), else one `build` makes.
+    pub fn pool(
         &self,
         addr: SocketAddr,
         config: &UpstreamConfig,
-        build: impl FnOnce() -> HttpClient,
-    ) -> Arc<HttpClient> {
+        build: impl FnOnce() -> Pool,
+    ) -> Arc<Pool> {
         let timeouts = [
             config.connect_timeout,
             config.keepalive_timeout,
             config.response_timeout,
         ];
-        shared(&self.clients, (addr, timeouts), build)
+        shared(&self.pools, (addr, timeouts), build)
     }
 }
 

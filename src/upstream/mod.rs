@@ -1,5 +1,5 @@
 //! Upstreams and their backends as one snapshot sees them: identity, placement table,
-//! settings, the pooled HTTP client, and a link to the long-lived [`Health`] of each
+//! settings, the keep-alive pool, and a link to the long-lived [`Health`] of each
 //! backend.
 //!
 //! [`Upstream::candidates`] is the eligibility walk of DESIGN "Placement": the table's
@@ -17,28 +17,19 @@
 //! must meet their upgrade, which always goes to the owner.
 
 pub mod health;
+pub mod pool;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::header::HeaderValue;
 use tokio::net::TcpStream;
 
 use crate::balance::{Table, Walk};
-use crate::config::{UpstreamConfig, human};
-use crate::proxy::RetryBody;
+use crate::config::UpstreamConfig;
 use crate::registry::{BackendKey, Registry};
-use crate::send_timeout::SendTimeout;
 use health::{Health, Lasting};
-
-pub type HttpClient = Client<Connector, RetryBody>;
+use pool::Pool;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -56,10 +47,9 @@ pub struct Backend {
     /// Identity across snapshots: the registry's and the health table's key.
     pub key: BackendKey,
     pub health: Arc<Health>,
-    /// `http://addr` — the authority the pooled client keys its connections by.
-    base: String,
-    connect_timeout: Duration,
-    client: Arc<HttpClient>,
+    /// `Host` for a request that came without one (HTTP/1.0): the address.
+    pub host: HeaderValue,
+    pool: Arc<Pool>,
 }
 
 impl Upstream {
@@ -68,12 +58,7 @@ impl Upstream {
             .backends
             .iter()
             .map(|b| {
-                let client = lasting.client(b.addr, config, || {
-                    Client::builder(TokioExecutor::new())
-                        .pool_timer(TokioTimer::new())
-                        .pool_idle_timeout(config.keepalive_timeout)
-                        .build(Connector::new(config))
-                });
+                let pool = lasting.pool(b.addr, config, || Pool::new(b.addr, config));
                 let id: Arc<str> = b.id.as_str().into();
                 Backend {
                     key: BackendKey::new(id.clone(), b.addr),
@@ -81,9 +66,10 @@ impl Upstream {
                     addr: b.addr,
                     weight: b.weight,
                     health: lasting.health(&b.id, b.addr, config.health.start_up),
-                    base: format!("http://{}", b.addr),
-                    connect_timeout: config.connect_timeout,
-                    client,
+                    // An address's text form is always a valid header value.
+                    host: HeaderValue::from_str(&b.addr.to_string())
+                        .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                    pool,
                 }
             })
             .collect();
@@ -171,34 +157,15 @@ impl Upstream {
 }
 
 impl Backend {
-    /// The pooled keep-alive client for plain HTTP requests to this backend.
-    pub fn client(&self) -> &HttpClient {
-        &self.client
-    }
-
-    /// `http://addr{path_and_query}`: the absolute URI the pooled client needs.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
-        let mut s = String::with_capacity(self.base.len() + path_and_query.len());
-        s.push_str(&self.base);
-        s.push_str(path_and_query);
-        Ok(Uri::try_from(s)?)
+    /// The keep-alive connections for plain HTTP requests to this backend.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// A fresh connection (for an upgrade or a probe) with the pool's settings: the
-    /// upstream's connect timeout, TCP_NODELAY. Made directly rather than through the
-    /// pool's connector: the socket is created non-blocking (two `fcntl` fewer) and
-    /// there is no URI to parse or boxed connect future to allocate per tunnel.
+    /// upstream's connect timeout, TCP_NODELAY.
     pub async fn connect(&self) -> Result<TcpStream, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| {
-                ConnectError(
-                    format!("connect timed out after {}", human(self.connect_timeout)).into(),
-                )
-            })?
-            .map_err(ConnectError::from)?;
-        stream.set_nodelay(true).map_err(ConnectError::from)?;
-        Ok(stream)
+        self.pool.connect().await
     }
 }
 
@@ -210,49 +177,6 @@ pub struct ConnectError(#[source] Box<dyn std::error::Error + Send + Sync>);
 impl From<std::io::Error> for ConnectError {
     fn from(e: std::io::Error) -> ConnectError {
         ConnectError(e.into())
-    }
-}
-
-/// The pool's connector: the upstream's connect timeout and TCP_NODELAY, and writes
-/// that must progress within its `response_timeout` (see send_timeout.rs). No TCP
-/// keepalive: a backend host that vanishes is found by the health probes.
-#[derive(Debug, Clone)]
-pub struct Connector {
-    http: HttpConnector,
-    send_timeout: Duration,
-}
-
-impl Connector {
-    fn new(config: &UpstreamConfig) -> Connector {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        Connector {
-            http,
-            send_timeout: config.response_timeout,
-        }
-    }
-}
-
-type Connecting = Pin<Box<dyn Future<Output = Result<PooledIo, ConnectError>> + Send>>;
-type PooledIo = TokioIo<SendTimeout<TcpStream>>;
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = PooledIo;
-    type Error = ConnectError;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.http.poll_ready(cx).map_err(|e| ConnectError(e.into()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Connecting {
-        let connecting = self.http.call(uri);
-        let limit = self.send_timeout;
-        Box::pin(async move {
-            let io = connecting.await.map_err(|e| ConnectError(e.into()))?;
-            Ok(TokioIo::new(SendTimeout::backend(io.into_inner(), limit)))
-        })
     }
 }
 
