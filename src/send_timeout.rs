@@ -202,7 +202,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
     }
 }
 
-/// The pooled client asks a connection what it is: what the socket inside says.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //!
 //! ## Request bodies
 //!
-//! When the pooled client cannot connect to the owner it drops the request without
+//! When the pool cannot connect to the owner it drops the request without
 //! ever polling the body, and placement wants the same request sent to the next
 //! backend. The incoming body therefore sits in a shared slot; each attempt gets a
 //! [`RetryBody`] view, and the first view that is polled takes the body for good.
