@@ -86,6 +86,52 @@ async fn idle_backend_connections_are_closed_after_keepalive_timeout() {
     proxy.stop().await;
 }
 
+/// A request that goes out on a kept-alive connection just as the backend closes it is
+/// sent again on a new connection to the same backend when it is safe to send twice
+/// (nginx and HAProxy retry these too); a POST is not, and the client hears 502.
+#[tokio::test]
+async fn a_request_on_a_connection_the_backend_just_closed_is_sent_again_if_safe() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nbackends = [\"{}\"]\n",
+        backend.local_addr().unwrap()
+    ))
+    .await;
+    let answer = |text: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{text}");
+    let first = tokio::spawn(http(proxy.addr, get("t", "/one", &[])));
+    let (mut kept, head) = accept_request(&backend).await;
+    assert!(head.starts_with("GET /one "), "{head}");
+    kept.write_all(answer("one").as_bytes()).await.unwrap();
+    assert_eq!(first.await.unwrap().0, 200);
+
+    // The next request comes on the kept-alive connection; the backend closes it unanswered.
+    let second = tokio::spawn(http(proxy.addr, get("t", "/two", &[])));
+    let head = read_head(&mut kept).await;
+    assert!(head.starts_with("GET /two "), "{head}");
+    drop(kept);
+    let (mut fresh, head) = tokio::time::timeout(PATIENCE, accept_request(&backend))
+        .await
+        .expect("the request was not sent again");
+    assert!(head.starts_with("GET /two "), "{head}");
+    fresh.write_all(answer("two").as_bytes()).await.unwrap();
+    let (status, _, body) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"two");
+
+    // A POST on the (now kept-alive) new connection, closed the same way: not resent.
+    let post = hyper::Request::post("/three")
+        .header("host", "t")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let third = tokio::spawn(http(proxy.addr, post));
+    let head = read_head(&mut fresh).await;
+    assert!(head.starts_with("POST /three "), "{head}");
+    drop(fresh);
+    assert_eq!(third.await.unwrap().0, 502);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_connection_carries_many_requests() {
     let nodes = nodes(&["a"]).await;

@@ -57,9 +57,15 @@ impl Proxy {
             upstream.candidates(principal.key(), registry)
         };
         let mut last = None;
+        // A backend to ask again, on a new connection (see `SendError::Stale`).
+        let mut again = None;
         let (backend, resp, lease) = loop {
-            let Some(b) = candidates.next() else {
-                return Err(exhausted(last, upstream));
+            let (b, fresh) = match again.take() {
+                Some(b) => (b, true),
+                None => match candidates.next() {
+                    Some(b) => (b, false),
+                    None => return Err(exhausted(last, upstream)),
+                },
             };
             // The node this request waits on, should the client give up (499).
             access.backend = Some(b.id.clone());
@@ -79,7 +85,7 @@ impl Proxy {
             // The answer's time starts once the request is sent (see body.rs).
             let answered = tokio::select! {
                 biased;
-                r = b.pool().send(r) => Ok(r),
+                r = b.pool().send(r, fresh) => Ok(r),
                 () = async {
                     body.sent().await;
                     tokio::time::sleep(timeout).await;
@@ -91,6 +97,16 @@ impl Proxy {
                 Ok(Err(SendError::Connect(e))) if body.untouched() => {
                     // A timeout or broken answer from another candidate says more.
                     last = last.or(self.connect_failed(upstream, b, e.into()));
+                }
+                // A kept-alive connection the backend closed as the request went out:
+                // once more on a new one, if the request can safely be sent twice (as
+                // nginx and HAProxy retry a failed kept-alive connection). The same
+                // backend: it still owns the principal.
+                Ok(Err(SendError::Stale(e)))
+                    if !fresh && parts.method.is_idempotent() && body.untouched() =>
+                {
+                    debug!(backend = %b.id, error = %e, "kept-alive connection closed under the request; asking again");
+                    again = Some(b);
                 }
                 Ok(Err(e)) if body.client_failed() => {
                     return Err(ProxyError::client_body(e.into()));

@@ -11,6 +11,9 @@
 //!
 //! A request that a pooled connection could not take because the backend had just
 //! closed it (hyper hands it back unsent) goes out on another one, as hyper-util does.
+//! One that went out on a kept-alive connection the backend closed or reset before
+//! answering is [`SendError::Stale`]: the caller may send it again on a new connection
+//! if it is safe to send twice, as nginx and HAProxy do.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -49,12 +52,16 @@ struct Idle {
     reaping: bool,
 }
 
-/// A request could not be sent.
+/// A request could not be sent, or got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// No connection: nothing of the request went out.
+    /// No connection, or a new one closed at once: nothing of the request went out.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// A kept-alive connection ended before the answer: the backend had closed it as
+    /// the request went out (or reset it). The request may have reached the backend.
+    #[error(transparent)]
+    Stale(hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -83,14 +90,16 @@ impl Pool {
         Ok(stream)
     }
 
-    /// Sends `req` on an idle connection, or a new one. The [`Lease`] returns the
-    /// connection when dropped with the answer's body.
+    /// Sends `req` on an idle connection (unless `fresh`), or a new one. The [`Lease`]
+    /// returns the connection when dropped with the answer's body.
     pub async fn send(
         self: &Arc<Pool>,
         mut req: Request<RetryBody>,
+        fresh: bool,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
-            let (mut sender, reused) = match self.take() {
+            let idle = if fresh { None } else { self.take() };
+            let (mut sender, reused) = match idle {
                 Some(s) => (s, true),
                 None => (self.open().await?, false),
             };
@@ -107,7 +116,11 @@ impl Pool {
                         debug!(backend = %self.addr, "pooled connection closed as it was taken; trying another");
                         req = unsent;
                     }
-                    _ => return Err(e.into_error().into()),
+                    Some(_) => return Err(ConnectError(e.into_error().into()).into()),
+                    None if reused && ended_under_us(e.error()) => {
+                        return Err(SendError::Stale(e.into_error()));
+                    }
+                    None => return Err(e.into_error().into()),
                 },
             }
         }
@@ -158,9 +171,25 @@ impl Pool {
     }
 }
 
+/// The connection ended before an answer: closed, reset, or a broken pipe.
+fn ended_under_us(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_incomplete_message()
+        || std::iter::successors(std::error::Error::source(e), |e| e.source()).any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset)
+            })
+        })
+}
+
 /// Closes idle connections as they pass `keepalive`; ends when none is idle or the
 /// pool is gone.
 async fn reap(pool: Weak<Pool>) {
+    // Dropped unfinished (the runtime shutting down), it lets a later `put` start one.
+    let mut reaping = Reaping {
+        pool: pool.clone(),
+        finished: false,
+    };
     loop {
         let due = {
             let Some(pool) = pool.upgrade() else { return };
@@ -175,11 +204,27 @@ async fn reap(pool: Weak<Pool>) {
                 Some((_, since)) => *since + pool.keepalive,
                 None => {
                     idle.reaping = false;
+                    reaping.finished = true;
                     return;
                 }
             }
         };
         tokio::time::sleep_until(due).await;
+    }
+}
+
+struct Reaping {
+    pool: Weak<Pool>,
+    finished: bool,
+}
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.lock().reaping = false;
+        }
     }
 }
 
