@@ -192,7 +192,7 @@ impl Settings {
 }
 
 /// TLS handshake if the listener has TLS, then HTTP/2 if ALPN chose it, else HTTP/1.1.
-async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy: Arc<Proxy>) {
+async fn serve(stream: TcpStream, mut settings: Settings, info: Arc<ConnInfo>, proxy: Arc<Proxy>) {
     let token = info.close.clone();
     // The handler; on HTTP/2 it also counts requests and open streams for the idle
     // timeout (a response body being sent is an open stream; so is a WebSocket, whose
@@ -219,41 +219,46 @@ async fn serve(stream: TcpStream, settings: Settings, info: Arc<ConnInfo>, proxy
         })
     };
     let stream = SendTimeout::client(stream, settings.send_timeout);
-    let Some(tls) = &settings.tls else {
+    let Some(tls) = settings.tls.take() else {
         return http1(TokioIo::new(stream), &settings, service(info), token).await;
     };
-    let accepted = tokio::time::timeout(
-        tls.handshake_timeout,
-        TlsAcceptor::from(tls.server.clone()).accept(stream),
-    )
-    .await;
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        // A failed handshake (plain HTTP, an unknown CA, garbage) costs only this
-        // connection and is not an operator's problem: debug level.
-        Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-        Err(_) => return debug!("TLS handshake timed out"),
-    };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let activity = Arc::new(Activity {
-            sending: Arc::new(Sending::new(settings.send_timeout)),
-            ..Activity::default()
-        });
-        let info = Arc::new(ConnInfo {
-            streams: Some(activity.clone()),
-            ..(*info).clone()
-        });
-        http2(
-            TokioIo::new(stream),
-            &settings,
-            service(info),
-            &activity,
-            token,
+    // Boxed: the TLS handshake and HTTP/2 take several times the state of a plain
+    // HTTP/1.1 connection, which every plain connection's task would otherwise carry.
+    Box::pin(async move {
+        let accepted = tokio::time::timeout(
+            tls.handshake_timeout,
+            TlsAcceptor::from(tls.server.clone()).accept(stream),
         )
-        .await
-    } else {
-        http1(TokioIo::new(stream), &settings, service(info), token).await
-    }
+        .await;
+        let stream = match accepted {
+            Ok(Ok(s)) => s,
+            // A failed handshake (plain HTTP, an unknown CA, garbage) costs only this
+            // connection and is not an operator's problem: debug level.
+            Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return debug!("TLS handshake timed out"),
+        };
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let activity = Arc::new(Activity {
+                sending: Arc::new(Sending::new(settings.send_timeout)),
+                ..Activity::default()
+            });
+            let info = Arc::new(ConnInfo {
+                streams: Some(activity.clone()),
+                ..(*info).clone()
+            });
+            http2(
+                TokioIo::new(stream),
+                &settings,
+                service(info),
+                &activity,
+                token,
+            )
+            .await
+        } else {
+            http1(TokioIo::new(stream), &settings, service(info), token).await
+        }
+    })
+    .await
 }
 
 pub(crate) async fn http1<I, S, B>(io: I, settings: &Settings, service: S, token: CancellationToken)
