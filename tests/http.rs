@@ -59,16 +59,25 @@ async fn a_reload_keeps_pooled_connections_to_the_backends_it_keeps() {
     proxy.stop().await;
 }
 
+/// tether in front of the one backend at `backend`, with `upstream` lines added to its
+/// upstream.
+async fn in_front_of(backend: std::net::SocketAddr, upstream: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
+         [upstream.app]\nbackends = [\"{backend}\"]\n{upstream}\n"
+    ))
+    .await
+}
+
 /// A pooled connection idle for `keepalive_timeout` is closed then, not kept open
 /// until the next request needs one (nginx's upstream `keepalive_timeout`).
 #[tokio::test]
 async fn idle_backend_connections_are_closed_after_keepalive_timeout() {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = Proxy::start(&format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
-         [upstream.app]\nbackends = [\"{}\"]\nkeepalive_timeout = \"200ms\"\n",
-        backend.local_addr().unwrap()
-    ))
+    let proxy = in_front_of(
+        backend.local_addr().unwrap(),
+        "keepalive_timeout = \"200ms\"",
+    )
     .await;
     let client = tokio::spawn(http(proxy.addr, get("t", "/", &[])));
     let (mut conn, head) = accept_request(&backend).await;
@@ -92,12 +101,7 @@ async fn idle_backend_connections_are_closed_after_keepalive_timeout() {
 #[tokio::test]
 async fn a_request_on_a_connection_the_backend_just_closed_is_sent_again_if_safe() {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = Proxy::start(&format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\n\
-         [upstream.app]\nbackends = [\"{}\"]\n",
-        backend.local_addr().unwrap()
-    ))
-    .await;
+    let proxy = in_front_of(backend.local_addr().unwrap(), "").await;
     let answer = |text: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{text}");
     let first = tokio::spawn(http(proxy.addr, get("t", "/one", &[])));
     let (mut kept, head) = accept_request(&backend).await;
@@ -567,11 +571,7 @@ async fn a_backend_that_stalls_mid_answer_is_cut_off() {
         let mut rest = Vec::new();
         let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
     });
-    let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
-         [upstream.app]\nbackends = [\"{backend}\"]\nresponse_timeout = \"300ms\"\n"
-    );
-    let proxy = Proxy::start(&toml).await;
+    let proxy = in_front_of(backend, "response_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /stalls HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -607,11 +607,7 @@ async fn a_backend_that_stops_reading_the_body_is_cut_off() {
             let _ = held_tx.send(s);
         }
     });
-    let toml = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
-         [upstream.app]\nbackends = [\"{backend}\"]\nresponse_timeout = \"300ms\"\n"
-    );
-    let proxy = Proxy::start(&toml).await;
+    let proxy = in_front_of(backend, "response_timeout = \"300ms\"").await;
     for (path, status) in [("/early", "HTTP/1.1 200"), ("/never", "HTTP/1.1 504")] {
         let s = TcpStream::connect(proxy.addr).await.unwrap();
         let (mut rx, mut tx) = s.into_split();
