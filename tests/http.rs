@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test]
@@ -314,6 +314,97 @@ async fn a_request_with_trailers_ends_its_connection_after_the_answer() {
         .unwrap();
     let rest = read_until_closed(&mut s, "the second answer").await;
     assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn tethers_own_answer_to_an_unread_chunked_body_ends_the_connection() {
+    // tether answers 404 without reading the body. hyper would read the rest itself
+    // to keep the connection, end the trailers at the bare-LF line, drop `/hidden`
+    // with them and answer `/visible`: a front proxy that sent `/hidden` would get
+    // `/visible`'s answer. The connection ends after the 404 instead.
+    let nodes = nodes(&["a"]).await;
+    let toml = config(&nodes, "", "").replace("path = \"/\"", "path = \"/api/\"");
+    let proxy = Proxy::start(&toml).await;
+    let request = b"POST /elsewhere HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\nX: y\n\r\nGET /hidden HTTP/1.1\r\nHost: t\r\n\r\n\
+        GET /visible HTTP/1.1\r\nHost: t\r\n\r\n";
+    let answer = raw(proxy.addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_connection_that_answered_in_http_1_0_is_not_reused() {
+    // hyper goes on in HTTP/1.0 on such a connection, which has no chunked request
+    // bodies: the next upload would go out without its body. The client hears
+    // HTTP/1.1 whatever the backend spoke, as from nginx.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = in_front_of(backend.local_addr().unwrap(), "").await;
+    let (mut client, _) = tokio::join!(
+        async {
+            let (mut s, head) = raw_head(proxy.addr, b"GET /old HTTP/1.1\r\nHost: t\r\n\r\n").await;
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            let mut body = [0u8; 2];
+            s.read_exact(&mut body).await.unwrap();
+            assert_eq!(&body, b"ok");
+            s
+        },
+        async {
+            let (mut conn, head) = accept_request(&backend).await;
+            assert!(head.starts_with("GET /old HTTP/1.1\r\n"), "{head}");
+            conn.write_all(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+            assert!(closes(&mut conn).await, "the HTTP/1.0 connection was kept");
+        }
+    );
+    // Then an upload of unknown length.
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut conn, head) = tokio::time::timeout(PATIENCE, accept_request(&backend))
+        .await
+        .expect("the upload did not come on a new connection");
+    assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    let mut body = [0u8; 15];
+    tokio::time::timeout(PATIENCE, conn.read_exact(&mut body))
+        .await
+        .expect("no body")
+        .unwrap();
+    assert_eq!(&body, b"5\r\nhello\r\n0\r\n\r\n");
+    conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    drop(client);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_426_keeps_its_upgrade_offer() {
+    // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to; `Upgrade` is
+    // hop-by-hop, but this one is the answer's point (nginx and HAProxy keep it).
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = in_front_of(backend.local_addr().unwrap(), "").await;
+    let client = tokio::spawn(http(proxy.addr, get("t", "/ws", &[])));
+    let (mut conn, _) = accept_request(&backend).await;
+    conn.write_all(
+        b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Content-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, headers, _) = client.await.unwrap();
+    assert_eq!(status, 426);
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "upgrade");
     proxy.stop().await;
 }
 

@@ -39,8 +39,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderValue, LOCATION, SET_COOKIE,
-    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderValue, LOCATION, SET_COOKIE,
+    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::sync::OwnedSemaphorePermit;
@@ -129,6 +129,8 @@ impl Proxy {
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
         let head = req.method() == Method::HEAD;
+        let chunked =
+            req.version() < Version::HTTP_2 && req.headers().contains_key(TRANSFER_ENCODING);
         let mut pending = Pending::new(req.method(), Instant::now());
         let access = &mut pending.access;
         let mut resp = match self.forward(req, conn, access).await {
@@ -152,6 +154,16 @@ impl Proxy {
                 e.response()
             }
         };
+        // tether's own answer (an error, a redirect) leaves a chunked body unread. hyper
+        // would read it to its end to keep the connection, trailers and all, and end
+        // those at a bare-LF line (see body.rs): the connection ends instead.
+        if chunked
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            && matches!(resp.body(), Either::Right(_))
+        {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(hsts) = &conn.hsts {
             resp.headers_mut()
                 .entry(STRICT_TRANSPORT_SECURITY)
@@ -497,10 +509,24 @@ fn relay(
         });
     }
     let (mut parts, body) = resp.into_parts();
+    // tether speaks HTTP/1.1 to its clients whatever the backend spoke (as nginx does):
+    // an HTTP/1.0 status line would make a client close its kept-alive connection.
+    parts.version = Version::HTTP_11;
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         parts.headers.remove(CONTENT_LENGTH);
     }
+    // A 426 must say what to upgrade to (RFC 9110 §15.5.22), with `Connection`
+    // naming it: the backend's offer is kept, as nginx and HAProxy keep it.
+    let offer = (parts.status == StatusCode::UPGRADE_REQUIRED)
+        .then(|| parts.headers.remove(UPGRADE))
+        .flatten();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(offer) = offer {
+        parts.headers.insert(UPGRADE, offer);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     one_content_length(&mut parts.headers);
     let body = Answer::new(body, lease, stall, backend.clone());
     Ok(Response::from_parts(parts, Either::Left(body)))

@@ -9,6 +9,9 @@
 //! waits only for one not yet ready then). On the request path that is about 10,000
 //! user-space instructions fewer per request (README, Performance).
 //!
+//! A connection whose backend answered in HTTP/1.0 is closed after that answer, not
+//! pooled (nginx keeps it, and goes on sending HTTP/1.1; hyper would go on in 1.0).
+//!
 //! A request that a pooled connection could not take because the backend had just
 //! closed it (hyper hands it back unsent) goes out on another one, as hyper-util does.
 //! One that went out on a kept-alive connection the backend closed or reset before
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
+use hyper::{Request, Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -105,8 +108,12 @@ impl Pool {
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // After an HTTP/1.0 answer hyper speaks HTTP/1.0 on the connection,
+                    // which has no chunked request bodies: a later upload of unknown
+                    // length would go out without its body. Not reused.
+                    let reusable = resp.version() == Version::HTTP_11;
                     let lease = Lease {
-                        sender: Some(sender),
+                        sender: reusable.then_some(sender),
                         pool: self.clone(),
                     };
                     return Ok((resp, lease));
