@@ -12,10 +12,23 @@ pub(super) fn build_routes(
     r: RawRoute,
     upstreams: &[UpstreamConfig],
 ) -> Result<Vec<RouteConfig>, Invalid> {
-    if !r.path.get_ref().starts_with('/') {
+    let path = r.path.get_ref();
+    if !path.starts_with('/') {
         return invalid(
             r.path.span(),
             "a route `path` is a prefix starting with '/'",
+        );
+    }
+    // Matched against request paths as clients send them: a prefix no request path
+    // can start with would route nothing, silently.
+    if !path
+        .parse::<hyper::http::uri::PathAndQuery>()
+        .is_ok_and(|pq| pq.query().is_none() && pq.path() == path)
+    {
+        return invalid(
+            r.path.span(),
+            "a route `path` holds only what a request path can: no '?', '#', spaces or \
+             control characters (percent-encode others as clients send them)",
         );
     }
     // One route per host name, all alike but for the host.
