@@ -27,7 +27,8 @@
 //! - [`shutdown`]: the drain signal and task accounting.
 //! - [`probe`]: active health probes, one task per backend.
 //! - [`rebalance`]: closing a dead backend's tunnels; draining misplaced tunnels back.
-//! - [`heap`]: giving freed heap pages back to the kernel after bursts.
+//! - [`heap`]: the allocator (mimalloc), and giving freed pages back to the kernel
+//!   after bursts.
 //! - [`demo`]: the demo app nodes of `tether demo` (also the tests' tagged backends).
 //!
 //! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners,

@@ -162,6 +162,7 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
         b
     };
     b.enable_all()
+        .on_thread_park(tether::heap::on_park)
         .build()
         .context("cannot start the async runtime")
 }
