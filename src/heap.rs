@@ -5,8 +5,10 @@
 //! and I/O registrations), which glibc serves slowly (`posix_memalign` costs about
 //! 830 instructions there); mimalloc cut tether's user-space instructions by 11%
 //! per WebSocket connection and 6% per proxied HTTP request (README, Performance).
-//! It is built without transparent huge pages: small, long-lived tunnel state wants
-//! 4 KiB pages, not 2 MiB ones held resident for a few hundred bytes.
+//! It is mimalloc v3, built not to ask for transparent huge pages (`no_thp`), and
+//! the process opts out of them at start ([`no_huge_pages`]) so that a host whose THP
+//! mode is `always` does not hand them out either: small, long-lived tunnel state
+//! wants 4 KiB pages, not 2 MiB ones held resident for a few hundred bytes.
 //!
 //! A handshake borrows tens of KiB for a moment (both HTTP connections' buffers,
 //! header maps); a tunnel keeps a few hundred bytes for hours. mimalloc purges freed
@@ -23,9 +25,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How many trims have been asked for; each thread remembers how many it has done.
 static ASKED: AtomicU64 = AtomicU64::new(0);
@@ -53,6 +52,22 @@ pub fn on_park() {
         collect();
     }
 }
+
+/// Opts the process out of transparent huge pages (`PR_SET_THP_DISABLE`), for the
+/// allocator's memory mapped from now on. Called first thing by the binary.
+#[cfg(target_os = "linux")]
+pub fn no_huge_pages() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes plain integers and touches no memory of
+    // ours. It fails only on kernels without the option; then nothing changes.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Other systems have no such switch.
+#[cfg(not(target_os = "linux"))]
+pub fn no_huge_pages() {}
 
 fn collect() {
     // SAFETY: mi_collect takes no pointers and has no preconditions; it works on the

@@ -100,7 +100,12 @@ fn emit(args: std::fmt::Arguments) {
     }
 }
 
+/// The binary's allocator; src/heap.rs says why, and purges it after churn.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    tether::heap::no_huge_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),

@@ -177,6 +177,9 @@ async fn run_serves_and_exits_0_on_sigterm() {
     let (_dir, path) = write_config(&config(&nodes, "", ""));
     let mut bin = Binary::spawn(&["run", "--config", &path]);
     let addr = bin.wait_listening();
+    // No transparent huge pages, whatever the host's THP mode (src/heap.rs).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", bin.child.id())).unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
     assert_eq!(http_node(addr, "/info", &[]).await, "a");
     // Text access events quote their strings alike, for requests and tunnels.
     let request = bin.wait_for("tether::access: request");

@@ -27,8 +27,8 @@ pub(super) fn build_routes(
     {
         return invalid(
             r.path.span(),
-            "a route `path` holds only what a request path can: no '?', '#', spaces or \
-             control characters (percent-encode others as clients send them)",
+            "a route `path` holds only what a request path can (no '?', '#', spaces, \
+             control characters, '<', '>' or '`'): percent-encode the rest as clients send it",
         );
     }
     // One route per host name, all alike but for the host.

@@ -509,20 +509,26 @@ fn relay(
         });
     }
     let (mut parts, body) = resp.into_parts();
-    // tether speaks HTTP/1.1 to its clients whatever the backend spoke (as nginx does):
-    // an HTTP/1.0 status line would make a client close its kept-alive connection.
+    // tether answers HTTP/1.1 clients in HTTP/1.1 whatever the backend spoke (as nginx
+    // does): an HTTP/1.0 status line would make a client close its kept-alive
+    // connection. (hyper answers HTTP/1.0 clients in 1.0; HTTP/2 has no such line.)
     parts.version = Version::HTTP_11;
     if parts.headers.contains_key(TRANSFER_ENCODING) {
         parts.headers.remove(CONTENT_LENGTH);
     }
     // A 426 must say what to upgrade to (RFC 9110 §15.5.22), with `Connection`
-    // naming it: the backend's offer is kept, as nginx and HAProxy keep it.
-    let offer = (parts.status == StatusCode::UPGRADE_REQUIRED)
-        .then(|| parts.headers.remove(UPGRADE))
-        .flatten();
+    // naming it: the backend's offer is kept, as nginx and HAProxy keep it. (To an
+    // HTTP/2 client hyper removes both again: HTTP/2 has no `Upgrade`.)
+    let offer: Vec<HeaderValue> = if parts.status == StatusCode::UPGRADE_REQUIRED {
+        parts.headers.get_all(UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(offer) = offer {
-        parts.headers.insert(UPGRADE, offer);
+    if !offer.is_empty() {
+        for value in offer {
+            parts.headers.append(UPGRADE, value);
+        }
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
