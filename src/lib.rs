@@ -30,6 +30,7 @@
 //! - [`heap`]: the allocator (mimalloc), and giving freed pages back to the kernel
 //!   after bursts.
 //! - [`demo`]: the demo app nodes of `tether demo` (also the tests' tagged backends).
+//! - [`logline`]: the text log format, cheaper than tracing-subscriber's own.
 //!
 //! The binary (`main.rs`) parses the CLI, loads the config, binds the listeners,
 //! starts a [`Server`] and turns signals into reloads and shutdown; the library never
@@ -43,6 +44,7 @@ pub mod config;
 pub mod demo;
 pub mod heap;
 pub mod listener;
+pub mod logline;
 pub mod metrics;
 pub mod principal;
 pub mod probe;

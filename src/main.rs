@@ -150,7 +150,13 @@ fn logging(json: bool) {
     if json {
         fmt.json().flatten_event(true).init();
     } else {
-        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+        if std::io::stderr().is_terminal() {
+            fmt.init();
+        } else {
+            fmt.with_ansi(false)
+                .event_format(tether::logline::Plain::default())
+                .init();
+        }
     }
 }
 
