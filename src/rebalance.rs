@@ -8,9 +8,11 @@
 //! tunnels sit on other nodes — they are *misplaced*. Once the owner has stayed up for
 //! the upstream's `rebalance_hold`, the rebalancer closes misplaced tunnels with 1012,
 //! at most `rebalance_rate` per second, so their clients reconnect to the owner without
-//! a reconnect storm. A tunnel is misplaced when the first eligible candidate for its
-//! principal (the same walk new connections use) is an up, held backend other than the
-//! one it sits on. The rebalancer sleeps until poked (a backend came up, a reload).
+//! a reconnect storm. A tunnel is misplaced when an up, held backend comes before the
+//! one it sits on in its principal's placement order ([`crate::upstream::Upstream::destination`]:
+//! with bounded load, one with room, and none passed over for being full). Each is
+//! judged again just before it is closed. The rebalancer sleeps until poked (a backend
+//! came up, a reload).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use tracing::{info, warn};
 use crate::registry::{CloseReason, Entry};
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::Backend;
-use crate::upstream::health::{Health, Transition, now_ms};
+use crate::upstream::health::{Transition, now_ms};
 
 /// Logs a health transition once and acts on it.
 pub fn on_transition(live: &Live, backend: &Backend, t: Transition) {
@@ -50,7 +52,6 @@ pub fn on_transition(live: &Live, backend: &Backend, t: Transition) {
 /// A misplaced tunnel and what it needs to be moved.
 struct Misplaced {
     entry: Entry,
-    owner: Arc<Health>,
     rate: u32,
 }
 
@@ -59,6 +60,17 @@ struct Scan {
     misplaced: Vec<Misplaced>,
     /// The earliest time ([`now_ms`]) an owner's hold ends, if some tunnel waits on one.
     next_hold_end: Option<u64>,
+}
+
+/// Where one tunnel stands.
+enum Verdict {
+    /// Where it belongs, or not tether's to move (no rebalancing, its backend down or
+    /// gone, already closing).
+    Stays,
+    /// It belongs elsewhere, on a backend that has not yet been up for the hold; it
+    /// ends at this [`now_ms`].
+    Waits(u64),
+    Misplaced(Misplaced),
 }
 
 /// Runs until `stop`, draining misplaced tunnels whenever poked.
@@ -93,49 +105,57 @@ fn scan(snap: &Snapshot, live: &Live) -> Scan {
         next_hold_end: None,
     };
     for entry in live.registry.entries() {
-        let Some(up) = snap.upstream(&entry.upstream) else {
-            continue;
-        };
-        let Some(policy) = up.config.rebalance else {
-            continue;
-        };
-        // Tunnels on a backend that is down or gone are being closed already.
-        let Some(current) = up.backends.iter().find(|b| b.key == entry.backend) else {
-            continue;
-        };
-        if !current.health.is_up() || entry.ctl.reason().is_some() {
-            continue;
+        match judge(snap, live, entry, now) {
+            Verdict::Stays => {}
+            Verdict::Waits(held) => {
+                out.next_hold_end = Some(out.next_hold_end.map_or(held, |t| t.min(held)));
+            }
+            Verdict::Misplaced(m) => out.misplaced.push(m),
         }
-        let owner = up
-            .candidates_for_tunnel(entry.key, &entry.backend, &live.registry)
-            .next()
-            .filter(|o| o.key != entry.backend)
-            .map(|o| o.health.clone());
-        let Some(owner) = owner else {
-            continue;
-        };
-        let Some(since) = owner.up_since() else {
-            continue;
-        };
-        let held = since + policy.hold.as_millis() as u64;
-        if held > now {
-            out.next_hold_end = Some(out.next_hold_end.map_or(held, |t| t.min(held)));
-            continue;
-        }
-        out.misplaced.push(Misplaced {
-            entry,
-            owner,
-            rate: policy.rate,
-        });
     }
     out
 }
 
-/// Closes `misplaced` tunnels, each upstream at its rate. False if stopped.
+/// Judges `entry` as the walk new connections use would place it now.
+fn judge(snap: &Snapshot, live: &Live, entry: Entry, now: u64) -> Verdict {
+    let Some(up) = snap.upstream(&entry.upstream) else {
+        return Verdict::Stays;
+    };
+    let Some(policy) = up.config.rebalance else {
+        return Verdict::Stays;
+    };
+    // Tunnels on a backend that is down or gone are being closed already.
+    let Some(current) = up.backends.iter().find(|b| b.key == entry.backend) else {
+        return Verdict::Stays;
+    };
+    if !current.health.is_up() || entry.ctl.reason().is_some() {
+        return Verdict::Stays;
+    }
+    let Some(owner) = up.destination(entry.key, &entry.backend, &live.registry) else {
+        return Verdict::Stays;
+    };
+    let Some(since) = owner.health.up_since() else {
+        return Verdict::Stays;
+    };
+    let held = since + policy.hold.as_millis() as u64;
+    if held > now {
+        return Verdict::Waits(held);
+    }
+    Verdict::Misplaced(Misplaced {
+        entry,
+        rate: policy.rate,
+    })
+}
+
+/// Closes `misplaced` tunnels, each upstream at its rate, each judged again just
+/// before: the tunnels closed before it (and their clients' reconnects) change the
+/// counts bounded load goes by, and its owner may have gone down again. False if
+/// stopped.
 async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken) -> bool {
     let mut closed = 0usize;
     let total = misplaced.len();
     let generation = live.subscribe();
+    let snap = live.load();
     for m in misplaced {
         // A reload may have changed the policy or the rate (or the placement): the
         // caller scans again under the new snapshot.
@@ -152,8 +172,10 @@ async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken)
             }
             return true;
         }
-        // The owner may have gone down again since the scan.
-        if !m.owner.is_up() || !m.entry.ctl.close(CloseReason::Rebalance) {
+        let Verdict::Misplaced(m) = judge(&snap, live, m.entry, now_ms()) else {
+            continue;
+        };
+        if !m.entry.ctl.close(CloseReason::Rebalance) {
             continue;
         }
         closed += 1;
@@ -163,14 +185,17 @@ async fn drain(live: &Live, misplaced: Vec<Misplaced>, stop: &CancellationToken)
             () = stop.cancelled() => return false,
         }
     }
-    info!(
-        closed,
-        found = total,
-        "rebalanced misplaced tunnels back to their owners"
-    );
-    live.event(format!(
-        "rebalanced {closed} misplaced tunnels back to their owners"
-    ));
+    // Each was judged again before its close; none may have needed it any more.
+    if closed > 0 {
+        info!(
+            closed,
+            found = total,
+            "rebalanced misplaced tunnels back to their owners"
+        );
+        live.event(format!(
+            "rebalanced {closed} misplaced tunnels back to their owners"
+        ));
+    }
     true
 }
 

@@ -9,12 +9,16 @@
 //!   touches only B's tunnels;
 //! - "which tunnels sit on a backend that no longer owns their principal": the
 //!   rebalancer walks [`Registry::entries`];
-//! - bounded load reads [`Registry::load`] and [`Registry::total`] per upstream;
+//! - bounded load reads [`Registry::bound_load`] and [`Registry::bound_total`] per
+//!   upstream: live tunnels and upgrades on their way ([`Opening`]), so a burst of
+//!   upgrades that all arrive before the first is answered still meets the cap;
 //! - "where are this principal's tunnels" (a plain request on a `follow_socket` route
 //!   goes there first, so a push reaches the socket; `/api/owner` lists them):
 //!   [`Registry::holders`].
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -229,14 +233,65 @@ struct Inner {
     next_id: u64,
     /// Tunnels by backend, then by registration id.
     by_backend: HashMap<BackendKey, HashMap<u64, Entry>>,
-    /// Live tunnels per (upstream, backend), for bounded load.
-    load: HashMap<(Arc<str>, BackendKey), usize>,
-    /// Live tunnels per upstream.
-    totals: HashMap<Arc<str>, usize>,
+    /// Live tunnels and upgrades on their way per (upstream, backend).
+    load: HashMap<(Arc<str>, BackendKey), Count>,
+    /// The same per upstream.
+    totals: HashMap<Arc<str>, Count>,
     /// Live tunnels per principal key, counted by (upstream, backend): a few entries
     /// per key even when thousands of tunnels share one (the `ip` fallback behind a
     /// NAT), so a drop and a lookup stay cheap under the lock.
     by_key: HashMap<u64, Vec<Holder>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    live: usize,
+    /// Upgrades sent and not yet answered ([`Opening`]).
+    opening: usize,
+}
+
+impl Inner {
+    /// Applies `f` to the counts of `backend` in `upstream`, and of `upstream`.
+    fn count(&mut self, upstream: &Arc<str>, backend: &BackendKey, f: impl Fn(&mut Count)) {
+        update(&mut self.load, (upstream.clone(), backend.clone()), &f);
+        update(&mut self.totals, upstream.clone(), &f);
+    }
+}
+
+/// Applies `f` to `k`'s count; a count back at zero is removed.
+fn update<K: Hash + Eq>(map: &mut HashMap<K, Count>, k: K, f: impl FnOnce(&mut Count)) {
+    match map.entry(k) {
+        Slot::Occupied(mut o) => {
+            f(o.get_mut());
+            if o.get().live == 0 && o.get().opening == 0 {
+                o.remove();
+            }
+        }
+        Slot::Vacant(v) => {
+            let mut c = Count::default();
+            f(&mut c);
+            v.insert(c);
+        }
+    }
+}
+
+/// An upgrade on its way to a backend: bounded load counts it with the backend's live
+/// tunnels until it is dropped (once its tunnel has registered, or the upgrade failed).
+#[derive(Debug)]
+pub struct Opening {
+    registry: Arc<Registry>,
+    upstream: Arc<str>,
+    backend: BackendKey,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.registry
+            .lock()
+            .count(&self.upstream, &self.backend, |c| {
+                c.opening = c.opening.saturating_sub(1);
+            });
+    }
 }
 
 /// A backend holding live tunnels of one principal key in one upstream.
@@ -282,19 +337,9 @@ impl Drop for Registration {
                 inner.by_key.remove(&self.key);
             }
         }
-        let load_key = (self.upstream.clone(), self.backend.clone());
-        if let Some(n) = inner.load.get_mut(&load_key) {
-            *n -= 1;
-            if *n == 0 {
-                inner.load.remove(&load_key);
-            }
-        }
-        if let Some(n) = inner.totals.get_mut(&self.upstream) {
-            *n -= 1;
-            if *n == 0 {
-                inner.totals.remove(&self.upstream);
-            }
-        }
+        inner.count(&self.upstream, &self.backend, |c| {
+            c.live = c.live.saturating_sub(1);
+        });
     }
 }
 
@@ -327,11 +372,7 @@ impl Registry {
             .entry(backend.clone())
             .or_default()
             .insert(id, entry);
-        *inner
-            .load
-            .entry((upstream.clone(), backend.clone()))
-            .or_default() += 1;
-        *inner.totals.entry(upstream.clone()).or_default() += 1;
+        inner.count(&upstream, &backend, |c| c.live += 1);
         // Nearly always one holder: a vector of one, not the default first growth to 4.
         let holders = inner
             .by_key
@@ -413,18 +454,48 @@ impl Registry {
         })
     }
 
+    /// Counts an upgrade to `backend` of `upstream` for bounded load until the
+    /// [`Opening`] is dropped.
+    pub fn opening(self: &Arc<Self>, upstream: Arc<str>, backend: BackendKey) -> Opening {
+        self.lock().count(&upstream, &backend, |c| c.opening += 1);
+        Opening {
+            registry: self.clone(),
+            upstream,
+            backend,
+        }
+    }
+
     /// Live tunnels of `upstream` on `backend`.
     pub fn load(&self, upstream: &Arc<str>, backend: &BackendKey) -> usize {
-        self.lock()
-            .load
-            .get(&(upstream.clone(), backend.clone()))
-            .copied()
-            .unwrap_or(0)
+        self.counts(upstream, backend).live
     }
 
     /// Live tunnels of `upstream`.
     pub fn total(&self, upstream: &str) -> usize {
-        self.lock().totals.get(upstream).copied().unwrap_or(0)
+        self.lock().totals.get(upstream).map_or(0, |c| c.live)
+    }
+
+    /// Live tunnels of `upstream` on `backend` and upgrades on their way to it: what
+    /// bounded load counts.
+    pub fn bound_load(&self, upstream: &Arc<str>, backend: &BackendKey) -> usize {
+        let c = self.counts(upstream, backend);
+        c.live + c.opening
+    }
+
+    /// [`Registry::bound_load`] for the whole of `upstream`.
+    pub fn bound_total(&self, upstream: &str) -> usize {
+        self.lock()
+            .totals
+            .get(upstream)
+            .map_or(0, |c| c.live + c.opening)
+    }
+
+    fn counts(&self, upstream: &Arc<str>, backend: &BackendKey) -> Count {
+        self.lock()
+            .load
+            .get(&(upstream.clone(), backend.clone()))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Live tunnels in all.
@@ -561,6 +632,31 @@ mod tests {
         assert_eq!(r.entries()[0].key, 2);
         drop(t2);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn upgrades_on_their_way_count_for_bounded_load_only() {
+        let r = Arc::new(Registry::default());
+        let app: Arc<str> = "app".into();
+        let counts = |r: &Registry| {
+            (
+                r.load(&app, &key("a")),
+                r.total("app"),
+                r.bound_load(&app, &key("a")),
+                r.bound_total("app"),
+            )
+        };
+        let opening = r.opening(app.clone(), key("a"));
+        let failed = r.opening(app.clone(), key("a"));
+        assert_eq!(counts(&r), (0, 0, 2, 2));
+        drop(failed);
+        let t = r.register(app.clone(), "r".into(), key("a"), 1, None);
+        drop(opening);
+        assert_eq!(counts(&r), (1, 1, 1, 1));
+        drop(t);
+        assert_eq!(counts(&r), (0, 0, 0, 0));
+        let inner = r.lock();
+        assert!(inner.load.is_empty() && inner.totals.is_empty());
     }
 
     #[test]

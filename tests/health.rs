@@ -66,6 +66,16 @@ impl Crowd {
         .await;
     }
 
+    /// No node holds more than bounded load's cap for `factor` over three nodes.
+    fn assert_within(&self, factor: f64) {
+        let cap = (factor * CLIENTS as f64 / 3.0).ceil() as usize;
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for node in self.nodes().into_values() {
+            *load.entry(node).or_default() += 1;
+        }
+        assert!(load.values().all(|l| *l <= cap), "cap {cap}: {load:?}");
+    }
+
     fn nodes(&self) -> HashMap<String, String> {
         self.logs
             .iter()
@@ -503,6 +513,104 @@ async fn bounded_load_keeps_every_backend_under_its_cap() {
             "{k}"
         );
     }
+    proxy.stop().await;
+}
+
+/// Everyone connects at once (tether or a node restarted): bounded load counts the
+/// upgrades still on their way, so no backend goes over its cap. Counting live tunnels
+/// alone, all 300 upgrades were placed before the first was answered, by owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_load_holds_when_everyone_connects_at_once() {
+    let nodes = nodes(&["a", "b", "c"]).await;
+    let proxy = Proxy::start(&config(
+        &nodes,
+        r#"principal = ["query:u"]"#,
+        "balance_factor = 1.05",
+    ))
+    .await;
+    let crowd = Crowd::start(proxy.addr).await;
+    crowd.assert_within(1.05);
+    drop(crowd);
+    proxy.stop().await;
+}
+
+/// With bounded load, a node dies and returns: the drain moves only tunnels towards
+/// backends their principals prefer, each judged when its turn comes, so no client
+/// is closed twice, none sitting on its owner is closed at all, and none is closed
+/// only to land where it was. Before, every tunnel of a backend over its cap looked
+/// misplaced: the drain closed nearly all 300, several times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bounded_load_the_drain_moves_only_the_tunnels_that_belong_elsewhere() {
+    let mut nodes = nodes(&["a", "b", "c"]).await;
+    let upstream = format!(
+        "balance_factor = 1.05
+{}",
+        PROBES.replace("rebalance_rate = 40", "rebalance_rate = 200")
+    );
+    let proxy = Proxy::start(&config(&nodes, r#"principal = ["query:u"]"#, &upstream)).await;
+    let crowd = Crowd::start(proxy.addr).await;
+    let b = nodes.remove(1);
+    let b_addr = b.addr;
+    b.stop().await;
+    let on_b: Vec<String> = crowd
+        .nodes()
+        .into_iter()
+        .filter(|(_, n)| n == "b")
+        .map(|(k, _)| k)
+        .collect();
+    crowd
+        .wait(|k, e| !on_b.iter().any(|b| b == k) || e.len() >= 3)
+        .await;
+
+    let before: HashMap<String, (usize, String)> = crowd
+        .nodes()
+        .into_iter()
+        .map(|(k, n)| (crowd.events(&k).len(), n, k))
+        .map(|(len, n, k)| (k, (len, n)))
+        .collect();
+    let returned = tether::demo::Node::start_on("b", b_addr).await.unwrap();
+    // Settled: b is back, every client is connected, and no tunnel belongs elsewhere.
+    eventually(|| async {
+        let snap = proxy.live.load();
+        let app = snap.upstream("app").unwrap();
+        let b_up = app.backend("b").unwrap().health.is_up();
+        let entries = proxy.live.registry.entries();
+        let settled = b_up
+            && entries.len() == CLIENTS
+            && entries.iter().all(|e| {
+                app.destination(e.key, &e.backend, &proxy.live.registry)
+                    .is_none()
+            })
+            && crowd
+                .logs
+                .iter()
+                .all(|(_, log)| matches!(log.lock().unwrap().last(), Some(Event::On(_))));
+        settled.then_some(())
+    })
+    .await;
+
+    let mut moved = 0;
+    for (k, (len, node)) in &before {
+        let events = crowd.events(k);
+        let after = &events[*len..];
+        match after {
+            [] => {}
+            [Event::Closed(Some(1012), _), Event::On(now)] => {
+                moved += 1;
+                assert_ne!(now, node, "{k} was closed only to land back on {node}");
+                assert_ne!(
+                    *node,
+                    order(&proxy, k)[0],
+                    "{k} sat on its owner and was moved"
+                );
+            }
+            _ => panic!("{k} after b's return: {after:?}"),
+        }
+    }
+    assert!(moved > 0, "nothing drained back to b");
+    crowd.assert_within(1.05);
+    drop(crowd);
+    returned.stop().await;
     proxy.stop().await;
 }
 

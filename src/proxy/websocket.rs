@@ -194,11 +194,17 @@ impl Proxy {
         let timeout = upstream.config.upgrade_timeout;
         let mut candidates = upstream.candidates(principal.key(), registry);
         let mut last = None;
-        let (backend, resp) = loop {
+        let (backend, resp, opening) = loop {
             let Some(b) = candidates.next() else {
                 return Err(exhausted(last, upstream));
             };
             access.backend = Some(b.id.clone());
+            // Counted by bounded load from here, so upgrades that arrive together
+            // (everyone reconnecting after a restart) still meet the cap.
+            let opening = upstream
+                .config
+                .balance_factor
+                .map(|_| registry.opening(upstream.name.clone(), b.key.clone()));
             let stream = match b.connect().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -209,7 +215,7 @@ impl Proxy {
             };
             let req = Request::from_parts(same_head(&parts), Empty::new());
             match tokio::time::timeout(timeout, send(stream, req, &self.tasks)).await {
-                Ok(Ok(resp)) => break (b, resp),
+                Ok(Ok(resp)) => break (b, resp, opening),
                 Ok(Err(e)) => {
                     debug!(backend = %b.id, error = %chain(&e), "upgrade request failed");
                     last = Some(ProxyError::Upstream {
@@ -237,13 +243,15 @@ impl Proxy {
             _slot: slot,
         };
         let register = || {
-            registry.register(
+            let registration = registry.register(
                 upstream.name.clone(),
                 route.label.clone(),
                 backend.key.clone(),
                 principal.key(),
                 route.idle_timeout,
-            )
+            );
+            drop(opening);
+            registration
         };
         let stall = upstream.config.response_timeout;
         finish(resp, client, key, info, register, stall, &self.tasks)

@@ -84,51 +84,63 @@ impl Upstream {
     /// Backends to try for `key`, best first; see the module doc. `registry` gives the
     /// live tunnel counts that bounded load needs.
     pub fn candidates<'a>(&'a self, key: u64, registry: &'a Registry) -> Candidates<'a> {
-        self.walk(key, registry, None)
+        Candidates {
+            upstream: self,
+            registry,
+            walk: self.table.walk(key),
+            // With the one being placed.
+            cap: self.cap(registry, 1),
+            over_cap: Vec::new(),
+            down: Vec::new(),
+            first: None,
+            skip: None,
+        }
     }
 
-    /// [`Upstream::candidates`] for a live tunnel of `key` on `on`, as if it were
-    /// being placed now: the same walk, with bounded load's counts taken without the
-    /// tunnel itself. Counted in, every tunnel on a backend at its cap would look as
-    /// if it belonged elsewhere. The first candidate is where the tunnel belongs.
-    pub fn candidates_for_tunnel<'a>(
+    /// Where a live tunnel of `key` on `on` should move, if anywhere: the first up
+    /// backend ahead of `on` in the key's order — unless a backend ahead of it is up
+    /// but at its bounded-load cap, where the tunnel waits for room rather than
+    /// moving now and again later. Bounded load steers new connections; it moves no
+    /// tunnel for its own backend being over the cap (every tunnel there would look
+    /// misplaced, and each move lowers the counts the others are judged by only once
+    /// its client is back).
+    pub fn destination<'a>(
         &'a self,
         key: u64,
-        on: &'a BackendKey,
-        registry: &'a Registry,
-    ) -> Candidates<'a> {
-        self.walk(key, registry, Some(on))
+        on: &BackendKey,
+        registry: &Registry,
+    ) -> Option<&'a Backend> {
+        let cap = self.cap(registry, 0);
+        for i in self.table.walk(key) {
+            let b = &self.backends[i];
+            if b.key == *on || cap.is_some_and(|cap| self.full(b, cap, registry)) {
+                return None;
+            }
+            if b.health.is_up() {
+                return Some(b);
+            }
+        }
+        None
     }
 
-    fn walk<'a>(
-        &'a self,
-        key: u64,
-        registry: &'a Registry,
-        placed: Option<&'a BackendKey>,
-    ) -> Candidates<'a> {
-        let cap = self.config.balance_factor.map(|c| {
+    /// Bounded load's cap with `extra` tunnels more than the registry counts.
+    fn cap(&self, registry: &Registry, extra: usize) -> Option<usize> {
+        self.config.balance_factor.map(|c| {
             let up = self
                 .backends
                 .iter()
                 .filter(|b| b.health.is_up())
                 .count()
                 .max(1);
-            // The live tunnels with the one being placed: a new one is not counted
-            // yet, a placed one is.
-            let total = registry.total(&self.name) + usize::from(placed.is_none());
+            // Live tunnels and upgrades on their way.
+            let total = registry.bound_total(&self.name) + extra;
             (c * total as f64 / up as f64).ceil() as usize
-        });
-        Candidates {
-            upstream: self,
-            registry,
-            walk: self.table.walk(key),
-            cap,
-            placed,
-            over_cap: Vec::new(),
-            down: Vec::new(),
-            first: None,
-            skip: None,
-        }
+        })
+    }
+
+    /// `b` is up and at or over `cap`.
+    fn full(&self, b: &Backend, cap: usize, registry: &Registry) -> bool {
+        b.health.is_up() && registry.bound_load(&self.name, &b.key) >= cap
     }
 
     /// [`Upstream::candidates`] for a plain request: the first up backend, in the
@@ -187,8 +199,6 @@ pub struct Candidates<'a> {
     registry: &'a Registry,
     walk: Walk<'a>,
     cap: Option<usize>,
-    /// The backend the tunnel being judged sits on, whose count includes it.
-    placed: Option<&'a BackendKey>,
     over_cap: Vec<usize>,
     down: Vec<usize>,
     /// Yielded before the walk, which then skips it (`skip`).
@@ -211,10 +221,10 @@ impl<'a> Iterator for Candidates<'a> {
                 continue;
             } else if !b.health.is_up() {
                 self.down.push(i);
-            } else if self.cap.is_some_and(|cap| {
-                let load = self.registry.load(&self.upstream.name, &b.key);
-                load.saturating_sub(usize::from(self.placed == Some(&b.key))) >= cap
-            }) {
+            } else if self
+                .cap
+                .is_some_and(|cap| self.upstream.full(b, cap, self.registry))
+            {
                 self.over_cap.push(i);
             } else {
                 return Some(b);
