@@ -563,6 +563,34 @@ fn certificate_problems_are_config_errors_that_name_the_file() {
     }
 }
 
+/// An HTTP/1.0 client that says so in ALPN is served, as nginx serves it: rustls
+/// refuses a handshake whose every ALPN offer is unknown.
+#[tokio::test]
+async fn an_http_1_0_client_offering_alpn_is_served() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("default", &["chat.example.com"]);
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&leaf), "")).await;
+    let mut stream = tls(
+        proxy.addr,
+        pki.client_config(&[b"http/1.0"], false),
+        "chat.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    stream
+        .write_all(b"GET /info?u=k HTTP/1.0\r\nHost: chat.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains("\"node\":\"a\""), "{answer}");
+    proxy.stop().await;
+}
+
 /// A TLS connection to `proxy` that negotiated `h2`, for `chat.example.com`.
 async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
     let stream = tls(

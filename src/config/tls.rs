@@ -7,9 +7,9 @@
 //! handshakes use the snapshot current at accept time, established connections keep
 //! the one they started with.
 //!
-//! TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`, certificates chosen by SNI: an exact
-//! name, else the longest matching `*.` wildcard, else the default certificate (also
-//! for clients that send no SNI).
+//! TLS 1.2 and 1.3 only, ALPN `h2`, `http/1.1` and `http/1.0`, certificates chosen by
+//! SNI: an exact name, else the longest matching `*.` wildcard, else the default
+//! certificate (also for clients that send no SNI).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -116,7 +116,9 @@ pub(super) fn build_tls(t: RawTls) -> Result<TlsConfig, Invalid> {
         wildcard,
         default,
     }));
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too, as nginx offers: rustls refuses a client whose every offer is
+    // unknown, where OpenSSL-based servers go on without ALPN.
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     let hsts = match &t.hsts {
         None => None,
         Some(v) => Some(
