@@ -268,6 +268,40 @@ async fn a_half_closed_tunnel_nobody_finishes_is_closed_soon() {
     proxy.stop().await;
 }
 
+/// A node that vanishes (its socket closes without a Close frame) in front of a client
+/// that takes its 1012 and never answers: the tunnel is closed a few seconds later and
+/// counted as the backend's close, not as an idle one.
+#[tokio::test]
+async fn a_vanished_node_whose_client_never_answers_counts_as_the_backends_close() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(&one_backend(l.local_addr().unwrap())).await;
+    let upgrade = async { raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await };
+    let backend = async {
+        let (mut s, _) = l.accept().await.unwrap();
+        assert!(answer_upgrade(&mut s).await);
+    };
+    let ((mut client, head), ()) = tokio::join!(upgrade, backend);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (op, payload) = read_frame(&mut client).await.expect("no Close");
+    assert_eq!((op, &payload[..2]), (8, &1012u16.to_be_bytes()[..]));
+    // The client keeps its socket open and silent.
+    eventually(|| async { proxy.live.registry.is_empty().then_some(()) }).await;
+    let closed = |reason: &str| {
+        proxy
+            .live
+            .metrics
+            .tunnels_closed
+            .get_or_create(&tether::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .get()
+    };
+    eventually(|| async { (closed("backend") == 1).then_some(()) }).await;
+    assert_eq!(closed("idle"), 0);
+    drop(client);
+    proxy.stop().await;
+}
+
 /// A client whose connection is reset did not say goodbye: the backend sees its end of
 /// stream and no Close frame, as it would without tether (and as behind nginx), so the
 /// app does not take a lost client for one that left on purpose (1001).

@@ -248,6 +248,11 @@ where
                     let ctl = &registration.ctl;
                     ctl.register(cx.waker());
                     let closed = match ctl.reason() {
+                        // Idle after one side ended it (a node that vanished, whose
+                        // client got its 1012 and never answered): that side's close.
+                        Some(CloseReason::Idle) if pump.closed_by().is_some() => {
+                            Closed::By(pump.closed_by().unwrap_or(Side::Client))
+                        }
                         Some(reason) => Closed::Told(reason),
                         None => match ready!(pump.poll(cx)) {
                             Ok(()) => Closed::By(pump.closed_by().unwrap_or(Side::Client)),
