@@ -289,9 +289,14 @@ async fn serve(path: &Path, config: Config, cli_json: bool) -> Result<()> {
     notify(&[NotifyState::Stopping]);
     tokio::spawn(async move {
         loop {
-            if let Sig::Stop(name) = signals.next().await {
-                warn!("{name} received again: exiting without waiting for the drain");
-                std::process::exit(1);
+            match signals.next().await {
+                Sig::Stop(name) => {
+                    warn!(
+                        "{name} received while shutting down: exiting without waiting for the drain"
+                    );
+                    std::process::exit(1);
+                }
+                Sig::Reload => info!("SIGHUP received while shutting down: not reloading"),
             }
         }
     });

@@ -406,10 +406,13 @@ async fn a_second_signal_exits_without_waiting_for_the_drain() {
     held.arrived.recv().await.unwrap();
     bin.signal("TERM");
     bin.wait_for("shutting down");
+    // A reload during the drain is declined, and says so.
+    bin.signal("HUP");
+    bin.wait_for("SIGHUP received while shutting down: not reloading");
     bin.signal("INT");
     let exit = bin.wait_exit();
     assert_eq!(exit.code(), Some(1));
-    assert!(bin.output().contains("SIGINT received again"));
+    assert!(bin.output().contains("SIGINT received while shutting down"));
 }
 
 #[tokio::test]
