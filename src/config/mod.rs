@@ -485,9 +485,19 @@ pub(crate) fn duration_or(
 }
 
 pub(crate) fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
-    match parse_duration(v.get_ref()) {
+    let text = v.get_ref();
+    match parse_duration(text) {
         Some(d) if d.is_zero() => invalid(v.span(), "a duration must be more than 0"),
         Some(d) => Ok(d),
+        // Well formed, but more milliseconds than 64 bits hold.
+        None if parse_duration(&format!(
+            "0{}",
+            text.trim_start_matches(|c: char| c.is_ascii_digit())
+        ))
+        .is_some() =>
+        {
+            invalid(v.span(), "this duration is too long")
+        }
         None => invalid(
             v.span(),
             "a duration is a whole number with a unit: \"500ms\", \"10s\", \"5m\", \"1h\"",
@@ -605,8 +615,23 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             ("\"query:userId\"", "\"body:x\"", "cookie:NAME"),
             ("fallback = \"ip\"", "fallback = \"random\"", "\"reject\""),
             ("weight = 2", "weight = 0", "weight"),
+            (
+                "fallback = \"ip\"",
+                "fallback = \"ip\"\nidle_timeout = \"99999999999999999999h\"",
+                "too long",
+            ),
+            (
+                "fallback = \"ip\"",
+                "fallback = \"ip\"\nidle_timeout = \"10 s\"",
+                "whole number with a unit",
+            ),
             ("\"127.0.0.1:9002\"", "\"127.0.0.1\"", "needs a port"),
             ("\"127.0.0.1:9002\"", "\"127.0.0.1:9001\"", "used twice"),
+            (
+                "\"127.0.0.1:9002\"",
+                "{ addr = \"127.0.0.1:9002\", name = \"c\" }",
+                "backend name `c` is used twice in this upstream",
+            ),
             (
                 "host = \"chat.example.com\"",
                 "host = \"a.*.com\"",

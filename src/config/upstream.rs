@@ -102,10 +102,13 @@ pub(super) fn placement(backends: &[Spanned<RawBackend>]) -> Result<Placement, I
             return invalid(span, "a backend `name` cannot be empty");
         }
         if !ids.insert(id.clone()) {
-            return invalid(
-                span,
-                format!("backend id `{id}` is used twice in this upstream; give one a `name`"),
-            );
+            let why = match b.name {
+                Some(_) => format!("backend name `{id}` is used twice in this upstream"),
+                None => {
+                    format!("backend id `{id}` is used twice in this upstream; give one a `name`")
+                }
+            };
+            return invalid(span, why);
         }
         placed.push((id, weight));
     }
