@@ -490,11 +490,12 @@ pub(crate) fn duration(v: &Spanned<String>) -> Result<Duration, Invalid> {
         Some(d) if d.is_zero() => invalid(v.span(), "a duration must be more than 0"),
         Some(d) => Ok(d),
         // Well formed, but more milliseconds than 64 bits hold.
-        None if parse_duration(&format!(
-            "0{}",
-            text.trim_start_matches(|c: char| c.is_ascii_digit())
-        ))
-        .is_some() =>
+        None if text.starts_with(|c: char| c.is_ascii_digit())
+            && parse_duration(&format!(
+                "0{}",
+                text.trim_start_matches(|c: char| c.is_ascii_digit())
+            ))
+            .is_some() =>
         {
             invalid(v.span(), "this duration is too long")
         }
@@ -623,6 +624,11 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             (
                 "fallback = \"ip\"",
                 "fallback = \"ip\"\nidle_timeout = \"10 s\"",
+                "whole number with a unit",
+            ),
+            (
+                "fallback = \"ip\"",
+                "fallback = \"ip\"\nidle_timeout = \"h\"",
                 "whole number with a unit",
             ),
             ("\"127.0.0.1:9002\"", "\"127.0.0.1\"", "needs a port"),
