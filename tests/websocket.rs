@@ -273,14 +273,34 @@ async fn a_half_closed_tunnel_nobody_finishes_is_closed_soon() {
 /// counted as the backend's close, not as an idle one.
 #[tokio::test]
 async fn a_vanished_node_whose_client_never_answers_counts_as_the_backends_close() {
+    vanished_node_with_a_silent_client(false).await;
+}
+
+/// The same when health checks find the node down before the half-closed tunnel's
+/// time is up: tether's close finishes the backend's, and counts as the backend's.
+#[tokio::test]
+async fn a_vanished_node_found_down_before_its_silent_client_answers_counts_as_the_backends_close()
+{
+    vanished_node_with_a_silent_client(true).await;
+}
+
+async fn vanished_node_with_a_silent_client(probed: bool) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = Proxy::start(&one_backend(l.local_addr().unwrap())).await;
+    let mut config = one_backend(l.local_addr().unwrap());
+    if probed {
+        config += "[upstream.app.health]\ninterval = \"100ms\"\nfall = 1\n";
+    }
+    let proxy = Proxy::start(&config).await;
     let upgrade = async { raw_head(proxy.addr, upgrade_request("/ws").as_bytes()).await };
     let backend = async {
         let (mut s, _) = l.accept().await.unwrap();
         assert!(answer_upgrade(&mut s).await);
     };
     let ((mut client, head), ()) = tokio::join!(upgrade, backend);
+    if probed {
+        // The node is gone: probes are refused.
+        drop(l);
+    }
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let (op, payload) = read_frame(&mut client).await.expect("no Close");
     assert_eq!((op, &payload[..2]), (8, &1012u16.to_be_bytes()[..]));
@@ -297,7 +317,11 @@ async fn a_vanished_node_whose_client_never_answers_counts_as_the_backends_close
             .get()
     };
     eventually(|| async { (closed("backend") == 1).then_some(()) }).await;
-    assert_eq!(closed("idle"), 0);
+    assert_eq!(closed("idle") + closed("backend-down"), 0);
+    if probed {
+        let snap = proxy.live.load();
+        assert!(!snap.upstreams[0].backends[0].health.is_up());
+    }
     drop(client);
     proxy.stop().await;
 }

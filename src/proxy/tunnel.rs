@@ -247,14 +247,17 @@ where
                 } => {
                     let ctl = &registration.ctl;
                     ctl.register(cx.waker());
-                    let closed = match ctl.reason() {
-                        // Idle after one side ended it (a node that vanished, whose
-                        // client got its 1012 and never answered): that side's close.
-                        Some(CloseReason::Idle) if pump.closed_by().is_some() => {
-                            Closed::By(pump.closed_by().unwrap_or(Side::Client))
+                    let closed = match (ctl.reason(), pump.closed_by()) {
+                        // A side had already ended it and tether only finished the job:
+                        // the half-closed sweep, or the health check that found the
+                        // backend down after it hung up (a crashed node whose clients
+                        // got their 1012 and did not answer). That side's close.
+                        (Some(CloseReason::Idle), Some(side))
+                        | (Some(CloseReason::BackendDown), Some(side @ Side::Backend)) => {
+                            Closed::By(side)
                         }
-                        Some(reason) => Closed::Told(reason),
-                        None => match ready!(pump.poll(cx)) {
+                        (Some(reason), _) => Closed::Told(reason),
+                        (None, _) => match ready!(pump.poll(cx)) {
                             Ok(()) => Closed::By(pump.closed_by().unwrap_or(Side::Client)),
                             Err(e) => Closed::Failed(e),
                         },
