@@ -39,8 +39,9 @@ pub struct UpgradeLabels {
     /// How the client asked: `http/1.1` (`Upgrade: websocket`) or `h2` (RFC 8441
     /// extended CONNECT).
     pub protocol: &'static str,
-    /// `ok` (tunnel opened), `refused` (the backend answered something else, relayed),
-    /// `failed` (no backend, a timeout or a bad answer: tether answered 5xx).
+    /// `ok` (tunnel opened), `refused` (any other answer: the backend's, relayed, or
+    /// tether's own 4xx), `failed` (no backend, a timeout or a bad answer: tether
+    /// answered 5xx).
     pub result: String,
 }
 

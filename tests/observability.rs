@@ -171,6 +171,10 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         s.close(None).await.unwrap();
         while let Some(Ok(_)) = futures_util::StreamExt::next(&mut s).await {}
     }
+    // An upgrade tether refuses itself (no Host on HTTP/1.1: 400) is counted too.
+    let no_host = upgrade_request("/ws?u=x").replace("Host: test\r\n", "");
+    let (_refused, head) = raw_head(addr, no_host.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     let after = eventually(|| async {
         let s = scrape(admin_addr).await;
         (value(&s, "tether_tunnels_closed_total", &[("reason", "client")]) == 2.0).then_some(s)
@@ -197,9 +201,21 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         6.0
     );
     assert_eq!(
+        value(
+            &after,
+            "tether_upgrades_total",
+            &[
+                ("route", "-"),
+                ("result", "refused"),
+                ("protocol", "http/1.1")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
         value(&after, "tether_upgrade_duration_seconds", &[]),
         6.0,
-        "histogram count"
+        "histogram count: upgrades tried on a backend"
     );
     assert_eq!(value(&after, "tether_tunnels_live", &[("route", "/")]), 4.0);
     // Each open WebSocket holds a connection slot, of max_connections.

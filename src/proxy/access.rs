@@ -29,7 +29,10 @@ pub(crate) struct Access {
     pub route: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
     pub principal: Option<Fingerprint>,
-    pub websocket: bool,
+    /// The request asks for a WebSocket, this way.
+    pub websocket: Option<super::websocket::Flavor>,
+    /// Set once the upgrade was tried on a backend: `tether_upgrades_total`'s result.
+    pub upgrade_result: Option<&'static str>,
     /// The request body's byte count once it is being forwarded (what arrived, not
     /// what `Content-Length` announced).
     pub bytes_up: Option<Arc<AtomicU64>>,
@@ -164,7 +167,7 @@ impl Drop for Logged {
 fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
     info!(
         target: "tether::access",
-        kind = if a.websocket { "upgrade" } else { "http" },
+        kind = if a.websocket.is_some() { "upgrade" } else { "http" },
         method = %m.method,
         route = a.route.as_deref().unwrap_or("-"),
         backend = a.backend.as_deref().unwrap_or("-"),

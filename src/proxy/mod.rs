@@ -60,7 +60,7 @@ use headers::{
 use websocket::Asked;
 
 use crate::config::human;
-use crate::metrics::{BackendLabels, RequestLabels};
+use crate::metrics::{BackendLabels, RequestLabels, UpgradeLabels};
 use crate::principal::{self, Fallback, Principal};
 use crate::rebalance::on_transition;
 use crate::route::host_name;
@@ -179,15 +179,28 @@ impl Proxy {
         resp.map(|body| pending.answered(status, body))
     }
 
-    /// The request counter, for plain HTTP (upgrades have their own).
+    /// The request counter, for plain HTTP, or the upgrade counter.
     fn count(&self, a: &Access, status: StatusCode) {
-        if a.websocket {
+        let none = || Arc::from("-");
+        if let Some(flavor) = a.websocket {
+            // Not tried on a backend: tether answered it (no route, no principal, a
+            // malformed request: 4xx, refused; at capacity: 5xx, failed).
+            let result = a.upgrade_result.unwrap_or(if status.is_client_error() {
+                "refused"
+            } else {
+                "failed"
+            });
+            let labels = UpgradeLabels {
+                route: a.route.as_deref().unwrap_or("-").to_owned(),
+                protocol: flavor.label(),
+                result: result.to_owned(),
+            };
+            self.live.metrics.upgrades.get_or_create(&labels).inc();
             return;
         }
         const CLASSES: [&str; 10] = [
             "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
         ];
-        let none = || Arc::from("-");
         let labels = RequestLabels {
             route: a.route.clone().unwrap_or_else(none),
             backend: a.backend.clone().unwrap_or_else(none),
@@ -204,7 +217,7 @@ impl Proxy {
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let websocket = websocket::flavor(&req);
-        access.websocket = websocket.is_some();
+        access.websocket = websocket;
         if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(ProxyError::Connect);
         }

@@ -44,7 +44,6 @@ use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
 use super::{Access, Body, Proxy, exhausted, relay, same_head};
 use crate::listener::Open;
-use crate::metrics::UpgradeLabels;
 use crate::principal::Principal;
 use crate::registry::Registration;
 use crate::shutdown::Shutdown;
@@ -122,7 +121,6 @@ impl Proxy {
         access: &mut Access,
     ) -> Result<Response<Body>, ProxyError> {
         let started = Instant::now();
-        let flavor = asked.flavor;
         let result = self
             .open(req, asked, upstream, route, principal, access)
             .await;
@@ -136,13 +134,9 @@ impl Proxy {
             Ok(_) => "refused",
             Err(_) => "failed",
         };
+        // Counted with the answer (`Proxy::count`), as upgrades tether refuses itself are.
+        access.upgrade_result = Some(outcome);
         let m = &self.live.metrics;
-        let labels = UpgradeLabels {
-            route: route.label.to_string(),
-            protocol: flavor.label(),
-            result: outcome.to_owned(),
-        };
-        m.upgrades.get_or_create(&labels).inc();
         m.upgrade_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
