@@ -659,3 +659,54 @@ async fn the_grafana_dashboard_uses_only_exported_metrics() {
     }
     proxy.stop().await;
 }
+
+/// A backend whose answer breaks off mid-body: the access event says the response was
+/// cut and that the backend failed (not that the client left), and a warning names
+/// it, as nginx logs "upstream prematurely closed connection".
+#[tokio::test]
+async fn a_backend_failing_mid_body_is_logged_as_the_backends_doing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx")
+                    .await;
+                // Reset, one byte of a hundred sent.
+                let _ = s.set_zero_linger();
+            });
+        }
+    });
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n\
+         [upstream.app]\nbackends = [\"{backend}\"]\n"
+    );
+    let (_dir, path) = write_config(&toml);
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    let addr = bin.wait_listening();
+    let (mut s, head) = raw_head(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(rest.len() < 100, "the whole body arrived");
+    let event = bin.wait_for("tether::access");
+    for field in [
+        "status=200",
+        "bytes_down=1",
+        "aborted=true",
+        "backend_failed=true",
+    ] {
+        assert!(event.contains(field), "{field} missing: {event}");
+    }
+    let warning = bin.wait_for("failed mid-body");
+    assert!(warning.contains("WARN"), "{warning}");
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
+}

@@ -2,7 +2,8 @@
 //! request, written when its response body has been sent, so `duration_ms` and
 //! `bytes_down` cover the whole response, as nginx's `$request_time` and
 //! `$body_bytes_sent` do; `bytes_up` counts the request body as it arrived, not as
-//! `Content-Length` announced it. A client that leaves mid-body gets `aborted=true`; one that
+//! `Content-Length` announced it. A client that leaves mid-body gets `aborted=true` (a
+//! backend that breaks off mid-body, `aborted=true backend_failed=true`); one that
 //! leaves before the response head gets status 499, as in nginx (499s are not in
 //! `tether_http_requests_total`, which counts answers). Never the path or the query
 //! (they may hold the principal): the route label and the principal's fingerprint.
@@ -18,7 +19,7 @@ use std::task::{Context, Poll};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{Method, StatusCode};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Body;
 use crate::principal::Fingerprint;
@@ -85,6 +86,7 @@ impl Pending {
             complete: false,
             record,
             cut: false,
+            failed: false,
         }
     }
 }
@@ -92,7 +94,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(meta) = self.meta.take() {
-            write(&self.access, &meta, CLIENT_CLOSED, 0, false);
+            write(&self.access, &meta, CLIENT_CLOSED, 0, None);
         }
     }
 }
@@ -114,6 +116,9 @@ pub struct Logged {
     record: Option<Box<Record>>,
     /// Cut by the HTTP/2 send timeout: aborted, however much was passed on.
     cut: bool,
+    /// The body failed on the backend's side (reset, closed early, silent past
+    /// `response_timeout`): aborted, and the backend's doing.
+    failed: bool,
 }
 
 impl crate::stream_timeout::Cut for Logged {
@@ -140,7 +145,18 @@ impl HttpBody for Logged {
                 self.complete = self.inner.is_end_stream();
             }
             Poll::Ready(None) => self.complete = true,
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                self.failed = true;
+                // The backend's failure is the operator's business, as before the head.
+                let r = self.record.as_deref();
+                warn!(
+                    route = r.and_then(|r| r.access.route.as_deref()),
+                    backend = r.and_then(|r| r.access.backend.as_deref()),
+                    error = %e,
+                    "the backend's answer failed mid-body; the client's is cut short"
+                );
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -160,11 +176,25 @@ impl Drop for Logged {
         // A HEAD response has no body to send: hyper drops it unpolled.
         let complete = !self.cut
             && (self.complete || self.inner.is_end_stream() || r.meta.method == Method::HEAD);
-        write(&r.access, &r.meta, r.status.as_u16(), self.sent, !complete);
+        let cut = match (complete, self.failed) {
+            (true, _) => None,
+            (false, true) => Some(CutBy::Backend),
+            (false, false) => Some(CutBy::Client),
+        };
+        write(&r.access, &r.meta, r.status.as_u16(), self.sent, cut);
     }
 }
 
-fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
+/// Why a response did not reach its end.
+#[derive(Debug, Clone, Copy)]
+enum CutBy {
+    /// The client left, or stopped reading (`send_timeout`).
+    Client,
+    /// The backend's answer failed mid-body.
+    Backend,
+}
+
+fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, cut: Option<CutBy>) {
     info!(
         target: "tether::access",
         kind = if a.websocket.is_some() { "upgrade" } else { "http" },
@@ -175,7 +205,8 @@ fn write(a: &Access, m: &Meta, status: u16, bytes_down: u64, aborted: bool) {
         duration_ms = m.started.elapsed().as_millis() as u64,
         bytes_up = a.bytes_up.as_ref().map(|n| n.load(Ordering::Relaxed)),
         bytes_down,
-        aborted = aborted.then_some(true),
+        aborted = cut.is_some().then_some(true),
+        backend_failed = matches!(cut, Some(CutBy::Backend)).then_some(true),
         principal = a.principal.map(tracing::field::display),
         "request"
     );
