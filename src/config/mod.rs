@@ -612,6 +612,7 @@ backends = ["127.0.0.1:9001", "127.0.0.1:9002", { addr = "127.0.0.1:9003", name 
             ("path = \"/\"", "path = \"/a?b\"", "no '?'"),
             ("path = \"/\"", "path = \"/a b\"", "no '?'"),
             ("path = \"/\"", "path = \"/a#b\"", "no '?'"),
+            ("path = \"/\"", "path = \"/ü/\"", "\"/%C3%BC/\""),
             ("\"path:3\"", "\"path:0\"", "path:N"),
             ("\"query:userId\"", "\"body:x\"", "cookie:NAME"),
             ("fallback = \"ip\"", "fallback = \"random\"", "\"reject\""),

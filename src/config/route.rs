@@ -21,14 +21,18 @@ pub(super) fn build_routes(
     }
     // Matched against request paths as clients send them: a prefix no request path
     // can start with would route nothing, silently.
-    if !path
-        .parse::<hyper::http::uri::PathAndQuery>()
-        .is_ok_and(|pq| pq.query().is_none() && pq.path() == path)
+    // The http crate takes raw UTF-8 in a path, but hyper's request-line parser does
+    // not, and clients percent-encode it: `/ü/` would match nothing.
+    if !path.is_ascii()
+        || !path
+            .parse::<hyper::http::uri::PathAndQuery>()
+            .is_ok_and(|pq| pq.query().is_none() && pq.path() == path)
     {
         return invalid(
             r.path.span(),
-            "a route `path` holds only what a request path can (no '?', '#', spaces, \
-             control characters, '<', '>' or '`'): percent-encode the rest as clients send it",
+            "a route `path` holds only what a request path can (ASCII, no '?', '#', spaces, \
+             control characters, '<', '>' or '`'): percent-encode the rest as clients send it \
+             (\"/%C3%BC/\" for \"/ü/\")",
         );
     }
     // One route per host name, all alike but for the host.
