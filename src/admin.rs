@@ -11,7 +11,9 @@
 //! | `/status` | one self-refreshing HTML page over `/api/backends` |
 //!
 //! With a token configured every path but `/healthz` and `/readyz` needs it, as
-//! `Authorization: Bearer <token>` or `?token=<token>` (the status page passes it on).
+//! `Authorization: Bearer <token>`; the status page, opened by URL, also takes it as
+//! `?token=<token>` and sends it on as the header (a token in the URL of `/metrics` or
+//! the API would end up in scrape configs, proxy logs and `Referer`s).
 //! The owner API is given a raw key by its caller; it is hashed and never logged or
 //! echoed back.
 
@@ -138,7 +140,8 @@ fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
     }
 }
 
-/// The token from the header or the query, compared in constant time.
+/// The token from the header, or for the status page the query, compared in constant
+/// time.
 fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     let header = req
         .headers()
@@ -149,6 +152,9 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim().to_owned());
     let query = || {
+        if !matches!(req.uri().path(), "/status" | "/") {
+            return None;
+        }
         form_urlencoded::parse(req.uri().query()?.as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
@@ -195,6 +201,25 @@ fn backends(snap: &Snapshot, live: &Live) -> Value {
         .iter()
         .map(|u| {
             let shares = u.table.shares();
+            // Backends a reload removed, until their tunnels are closed (`removal_grace`).
+            let removed = live
+                .registry
+                .held(&u.name)
+                .into_iter()
+                .filter(|(key, _)| !u.backends.iter().any(|b| b.key == *key))
+                .map(|(key, tunnels)| {
+                    json!({
+                        "id": &*key.id,
+                        "addr": key.addr.to_string(),
+                        "state": "removed",
+                        "weight": 0,
+                        "share": 0.0,
+                        "tunnels": tunnels,
+                        "failures": 0,
+                        "changed_at_ms": null,
+                        "reason": "removed by a reload; its tunnels close after removal_grace",
+                    })
+                });
             let backends: Vec<Value> = u
                 .backends
                 .iter()
@@ -213,6 +238,7 @@ fn backends(snap: &Snapshot, live: &Live) -> Value {
                         "reason": reason,
                     })
                 })
+                .chain(removed)
                 .collect();
             json!({ "name": &*u.name, "tunnels": live.registry.total(&u.name), "backends": backends })
         })
@@ -337,6 +363,16 @@ mod tests {
         ));
         assert!(!authorized(&req("/metrics", Some("0123456789abcdef")), t));
         assert!(!authorized(&req("/metrics?token=0123", None), t));
+        // In a URL only for the page a browser opens.
+        assert!(!authorized(
+            &req("/metrics?token=0123456789abcdef", None),
+            t
+        ));
+        assert!(!authorized(
+            &req("/api/backends?token=0123456789abcdef", None),
+            t
+        ));
+        assert!(authorized(&req("/?token=0123456789abcdef", None), t));
         assert!(!authorized(&req("/metrics", None), t));
     }
 }

@@ -470,6 +470,16 @@ impl Registry {
         self.counts(upstream, backend).live
     }
 
+    /// The backends of `upstream` holding live tunnels, and how many each holds.
+    pub fn held(&self, upstream: &str) -> Vec<(BackendKey, usize)> {
+        self.lock()
+            .load
+            .iter()
+            .filter(|((u, _), c)| &**u == upstream && c.live > 0)
+            .map(|((_, b), c)| (b.clone(), c.live))
+            .collect()
+    }
+
     /// Live tunnels of `upstream`.
     pub fn total(&self, upstream: &str) -> usize {
         self.lock().totals.get(upstream).map_or(0, |c| c.live)

@@ -138,6 +138,7 @@ impl Live {
     pub fn new(config: &Config) -> Live {
         let lasting = Lasting::default();
         let snapshot = Snapshot::build(config, &lasting);
+        lasting.settle();
         // Unset: no limit here; `tether run` sets it from the open-file limit.
         let max_connections = config
             .max_connections

@@ -424,11 +424,18 @@ async fn health_readiness_and_the_token() {
             "{path} with the token"
         );
     }
+    // In a URL the token opens the status page only (which sends it on as the header).
+    assert_eq!(
+        admin(admin_addr, &format!("/status?token={token}"), None)
+            .await
+            .0,
+        200
+    );
     assert_eq!(
         admin(admin_addr, &format!("/api/backends?token={token}"), None)
             .await
             .0,
-        200
+        401
     );
     let (status, body) = admin(admin_addr, "/api/owner?upstream=nope&key=x", Some(token)).await;
     assert_eq!(status, 404, "{body}");
@@ -456,8 +463,10 @@ async fn the_status_page_shows_a_stopped_backend_as_down() {
         return;
     };
     let mut nodes = nodes(&["a", "b", "c"]).await;
+    // With a token: the page is opened with it in the URL and sends it on.
+    let token = "status-page-token-0123";
     let proxy = Proxy::start(&format!(
-        "{ADMIN}{}",
+        "{ADMIN}token = \"{token}\"\n{}",
         config(&nodes, r#"principal = ["query:u"]"#, FAST_PROBES)
     ))
     .await;
@@ -467,7 +476,7 @@ async fn the_status_page_shows_a_stopped_backend_as_down() {
         sockets.push(ws(proxy.addr, &format!("/ws?u=s{i}"), &[]).await.0);
     }
     browser
-        .navigate(&format!("http://{admin_addr}/status"))
+        .navigate(&format!("http://{admin_addr}/status?token={token}"))
         .await;
     let up = "document.querySelector('tr[data-backend=\"b\"] .state')?.textContent === 'up'";
     browser.wait_for(up).await;
@@ -709,4 +718,70 @@ async fn a_backend_failing_mid_body_is_logged_as_the_backends_doing() {
     assert!(warning.contains("WARN"), "{warning}");
     bin.signal("TERM");
     assert!(bin.wait_exit().success());
+}
+
+/// A reload removes a backend that holds tunnels: until `removal_grace` closes them,
+/// `/api/backends` lists it as `removed` with its tunnels, so the rows add up to the
+/// upstream's count; a backend the reload adds says so.
+#[tokio::test]
+async fn backends_removed_by_a_reload_are_listed_while_they_hold_tunnels() {
+    let nodes = nodes(&["a", "b"]).await;
+    let route = r#"principal = ["query:u"]"#;
+    let both = format!("{ADMIN}{}", config(&nodes, route, ""));
+    let proxy = Proxy::start(&both).await;
+    let admin_addr = proxy.admin.unwrap();
+    let mut sockets = Vec::new();
+    for i in 0..8 {
+        sockets.push(ws(proxy.addr, &format!("/ws?u=r{i}"), &[]).await);
+    }
+    let on_b = sockets.iter().filter(|(_, g)| g["node"] == "b").count();
+    assert!(on_b > 0, "no tunnel on b");
+    // b out, c in; tunnels on b stay until the grace ends (the library reload).
+    let c = tether::demo::Node::start("c").await.unwrap();
+    let next = both.replace(
+        &format!("\"{}\", name = \"b\"", nodes[1].addr),
+        &format!("\"{}\", name = \"c\"", c.addr),
+    );
+    assert_ne!(next, both);
+    proxy
+        .live
+        .replace(&tether::config::Config::parse(&next, "t").unwrap());
+    let body: Json =
+        serde_json::from_str(&admin(admin_addr, "/api/backends", None).await.1).unwrap();
+    let app = &body["upstreams"][0];
+    let row = |id: &str| {
+        app["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .cloned()
+    };
+    let b = row("b").expect("no row for the removed b");
+    assert_eq!(b["state"], "removed");
+    assert_eq!(b["tunnels"], on_b);
+    let sum: u64 = app["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["tunnels"].as_u64().unwrap())
+        .sum();
+    assert_eq!(app["tunnels"].as_u64().unwrap(), sum);
+    let added = row("c").expect("no row for c");
+    assert!(
+        added["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("added by a reload"),
+        "{added}"
+    );
+    assert!(
+        row("a").unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("started")
+    );
+    drop(sockets);
+    c.stop().await;
+    proxy.stop().await;
 }

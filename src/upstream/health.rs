@@ -116,12 +116,13 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(up: bool) -> Health {
+    /// A backend's state from its start (`how`: "started", "added by a reload").
+    pub fn new(up: bool, how: &str) -> Health {
         Health {
             up: AtomicBool::new(up),
             counter: Mutex::new(Counter::new(up)),
             changed_at: AtomicU64::new(now_ms()),
-            reason: Mutex::new(if up { "started up" } else { "started down" }.into()),
+            reason: Mutex::new(format!("{how} {}", if up { "up" } else { "down" })),
             connect_failures: AtomicU64::new(0),
             checking: AtomicBool::new(false),
         }
@@ -206,6 +207,8 @@ impl Health {
 pub struct Lasting {
     health: Mutex<HashMap<(String, SocketAddr), Weak<Health>>>,
     pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
+    /// The first snapshot is built: new backends from now on come with a reload.
+    settled: AtomicBool,
 }
 
 /// A backend's pool is kept by its address and the timeouts it is built with
@@ -216,7 +219,17 @@ impl Lasting {
     /// The state for this backend: the existing one if a current snapshot has it, else
     /// a new one starting `up` or not.
     pub fn health(&self, id: &str, addr: SocketAddr, up: bool) -> Arc<Health> {
-        shared(&self.health, (id.to_owned(), addr), || Health::new(up))
+        let how = if self.settled.load(Ordering::Relaxed) {
+            "added by a reload,"
+        } else {
+            "started"
+        };
+        shared(&self.health, (id.to_owned(), addr), || Health::new(up, how))
+    }
+
+    /// The first snapshot is built; backends new to later ones are added by reloads.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Relaxed);
     }
 
     /// The keep-alive pool for `addr`: the current snapshot's when the timeouts are
@@ -327,7 +340,7 @@ mod tests {
 
     #[test]
     fn health_reports_transitions_once_with_a_reason() {
-        let h = Health::new(true);
+        let h = Health::new(true, "started");
         assert!(h.is_up() && h.up_since().is_some());
         let one = Thresholds {
             passive_fails: 1,
