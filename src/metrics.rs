@@ -14,9 +14,9 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
@@ -104,6 +104,8 @@ pub struct Metrics {
     pub tunnels_closed: Family<ReasonLabels, Counter>,
     pub backend_failures: Family<BackendLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Seconds since the Unix epoch when the process started (its metrics did).
+    started: f64,
 }
 
 impl Default for Metrics {
@@ -123,6 +125,9 @@ impl Metrics {
             tunnels_closed: Family::default(),
             backend_failures: Family::default(),
             reloads: Family::default(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             registry: Registry::default(),
         };
         registry.register(
@@ -262,11 +267,76 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &now);
+        let _ = encode_registry(&mut out, &self.process());
         let _ = encode_eof(&mut out);
         match format {
             Format::OpenMetrics => out,
             Format::Text => to_text_format(&out),
         }
+    }
+}
+
+impl Metrics {
+    /// The `process_*` metrics every Prometheus client library exports (open and
+    /// allowed file descriptors matter most here: each tunnel takes two), read from
+    /// `/proc` at scrape time; those it cannot read are left out.
+    fn process(&self) -> Registry {
+        let mut r = Registry::with_prefix("process");
+        r.register(
+            "start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            ConstGauge::new(self.started),
+        );
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            r.register(
+                "open_fds",
+                "Number of open file descriptors",
+                ConstGauge::new(fds.count() as i64),
+            );
+        }
+        if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            r.register(
+                "max_fds",
+                "Maximum number of open file descriptors (the soft limit)",
+                ConstGauge::new(i64::try_from(soft).unwrap_or(i64::MAX)),
+            );
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+                .map(|k| k * 1024)
+        };
+        if let Some(rss) = kib("VmRSS:") {
+            r.register(
+                "resident_memory_bytes",
+                "Resident memory size in bytes",
+                ConstGauge::new(rss),
+            );
+        }
+        if let Some(size) = kib("VmSize:") {
+            r.register(
+                "virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                ConstGauge::new(size),
+            );
+        }
+        // utime and stime, the 14th and 15th fields, in USER_HZ (100 on Linux).
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            r.register(
+                "cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                ConstCounter::new((user + system) as f64 / 100.0),
+            );
+        }
+        r
     }
 }
 

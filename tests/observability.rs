@@ -148,6 +148,23 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         1.0
     );
     assert_eq!(value(&before, "tether_backend_up", &[]), 3.0);
+    // The process's own figures, as every Prometheus client library exports them.
+    let fds = value(&before, "process_open_fds", &[]);
+    assert!(
+        fds >= 5.0 && fds <= value(&before, "process_max_fds", &[]),
+        "{fds}"
+    );
+    assert!(value(&before, "process_resident_memory_bytes", &[]) > 1e6);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value(&before, "process_start_time_seconds", &[]);
+    assert!(
+        (now - 600.0..=now).contains(&start),
+        "{start} against {now}"
+    );
+    assert_eq!(series(&before, "process_cpu_seconds_total", &[]), 1);
     assert_eq!(
         series(&before, "tether_tunnels_live", &[("route", "/")]),
         3,
