@@ -82,6 +82,8 @@ pub(crate) async fn accept_loop(
     info!(bind = %listener.bind, "admin stopped listening");
 }
 
+static REFUSED_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
     let snap = live.load();
     let path = req.uri().path();
@@ -90,6 +92,14 @@ fn handle(req: Request<Incoming>, live: &Live) -> Response<Body> {
         && !open
         && !authorized(&req, token)
     {
+        // Worth an operator's eye (a scraper with a stale token, or a prober), but no
+        // one may flood the log with it.
+        if crate::proxy::rarely(&REFUSED_WARNED) {
+            warn!(
+                path,
+                "admin request without a valid token refused (said at most once a second)"
+            );
+        }
         let mut r = text(
             StatusCode::UNAUTHORIZED,
             "tether admin: a token is required\n",

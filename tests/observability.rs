@@ -802,3 +802,25 @@ async fn backends_removed_by_a_reload_are_listed_while_they_hold_tunnels() {
     c.stop().await;
     proxy.stop().await;
 }
+
+/// A request the admin listener refuses for its token is logged (at most once a
+/// second), without the token it carried.
+#[tokio::test]
+async fn refused_admin_requests_are_logged_without_their_token() {
+    let nodes = nodes(&["a"]).await;
+    let toml = format!(
+        "{ADMIN}token = \"the-right-token-0123\"\n{}",
+        config(&nodes, "", "")
+    );
+    let (_dir, path) = write_config(&toml);
+    let mut bin = Binary::spawn(&["run", "--config", &path]);
+    bin.wait_listening();
+    let admin_addr = bin.wait_admin();
+    let wrong = "a-wrong-token-98765";
+    assert_eq!(admin(admin_addr, "/metrics", Some(wrong)).await.0, 401);
+    let line = bin.wait_for("without a valid token");
+    assert!(line.contains("WARN") && line.contains("/metrics"), "{line}");
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
+    assert!(!bin.output().contains(wrong));
+}

@@ -395,11 +395,13 @@ impl Proxy {
 /// about local shortages, however many requests meet them).
 static SHORTAGE_WARNED: AtomicU64 = AtomicU64::new(0);
 
-/// True at most once a second per `last`.
-fn rarely(last: &AtomicU64) -> bool {
-    let now = now_ms();
+/// True at most once a second per `last` (0: never yet).
+pub(crate) fn rarely(last: &AtomicU64) -> bool {
+    // Kept one above the clock, which starts at 0 with the process: the first time
+    // is not mistaken for one a moment ago.
+    let now = now_ms() + 1;
     let before = last.load(Ordering::Relaxed);
-    now.saturating_sub(before) >= 1000
+    (before == 0 || now.saturating_sub(before) >= 1000)
         && last
             .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
@@ -623,6 +625,13 @@ const MAX_HEADERS: usize = 100;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rarely_says_yes_the_first_time_then_not_again_at_once() {
+        let last = AtomicU64::new(0);
+        assert!(rarely(&last), "the first time, even at the clock's start");
+        assert!(!rarely(&last));
+    }
 
     #[test]
     fn hosts_are_names_or_literals_with_a_numeric_port() {
