@@ -38,7 +38,7 @@ pub enum ProxyError {
     TransferCoding,
     #[error("the request has more than 100 header fields")]
     TooManyHeaders,
-    #[error("this route places requests by {expected}, and the request carries none of them")]
+    #[error("this route places requests by {expected}; the request carries none")]
     NoPrincipal { expected: String },
     #[error("no backend of upstream `{upstream}` accepted a connection")]
     NoBackend { upstream: Arc<str> },

@@ -282,7 +282,7 @@ impl Proxy {
                     let expected: Vec<String> =
                         route.principal.iter().map(|s| s.to_string()).collect();
                     return Err(ProxyError::NoPrincipal {
-                        expected: expected.join(", "),
+                        expected: expected.join(" or "),
                     });
                 }
             },
