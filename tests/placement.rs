@@ -144,7 +144,7 @@ async fn fallback_ip_and_reject() {
     let (status, _, body) = http(reject.addr, get("t", "/", &[])).await;
     assert_eq!(status, 400);
     let body = String::from_utf8_lossy(&body);
-    assert!(body.contains("query:u, cookie:S"), "{body}");
+    assert!(body.contains("by query:u or cookie:S;"), "{body}");
     // The same route works once a source is present.
     assert_eq!(
         http_node(reject.addr, "/info?u=x", &[]).await,
