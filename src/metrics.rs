@@ -97,7 +97,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub upgrades: Family<UpgradeLabels, Counter>,
-    pub upgrade_seconds: Histogram,
+    /// By result, as `upgrades`: a fast 502 would otherwise pass for a fast upgrade.
+    pub upgrade_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
     /// Tunnel bytes; [`Metrics::bytes_up`] and [`Metrics::bytes_down`] are the handles
     /// the pump adds to.
     bytes: Family<DirectionLabels, Counter>,
@@ -120,7 +121,9 @@ impl Metrics {
         let m = Metrics {
             requests: Family::default(),
             upgrades: Family::default(),
-            upgrade_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            upgrade_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             bytes: Family::default(),
             tunnels_closed: Family::default(),
             backend_failures: Family::default(),
@@ -142,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "upgrade_duration_seconds",
-            "Time from a WebSocket request to the tunnel's answer to the client",
+            "Time from a WebSocket request to the tunnel's answer to the client, by result",
             m.upgrade_seconds.clone(),
         );
         registry.register(
@@ -183,6 +186,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        for result in ["ok", "refused", "failed"] {
+            let _ = m.upgrade_seconds.get_or_create(&ResultLabels { result });
         }
         for direction in ["up", "down"] {
             let _ = m.bytes.get_or_create(&DirectionLabels { direction });
@@ -409,7 +415,9 @@ mod tests {
         m.reloads
             .get_or_create(&ResultLabels { result: "ok" })
             .inc();
-        m.upgrade_seconds.observe(0.001);
+        m.upgrade_seconds
+            .get_or_create(&ResultLabels { result: "ok" })
+            .observe(0.001);
         let mut open = String::new();
         encode_registry(&mut open, &m.registry).unwrap();
         encode_eof(&mut open).unwrap();

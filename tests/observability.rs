@@ -230,9 +230,21 @@ async fn metrics_follow_traffic_a_backend_death_and_reloads() {
         1.0
     );
     assert_eq!(
-        value(&after, "tether_upgrade_duration_seconds", &[]),
+        value(
+            &after,
+            "tether_upgrade_duration_seconds",
+            &[("result", "ok")]
+        ),
         6.0,
         "histogram count: upgrades tried on a backend"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "tether_upgrade_duration_seconds",
+            &[("result", "failed")]
+        ),
+        0.0
     );
     assert_eq!(value(&after, "tether_tunnels_live", &[("route", "/")]), 4.0);
     // Each open WebSocket holds a connection slot, of max_connections.

@@ -44,6 +44,7 @@ use super::headers::{connection_has, strip_hop_by_hop};
 use super::tunnel::{TunnelInfo, splice};
 use super::{Access, Body, Proxy, exhausted, relay, same_head};
 use crate::listener::Open;
+use crate::metrics::ResultLabels;
 use crate::principal::Principal;
 use crate::registry::Registration;
 use crate::shutdown::Shutdown;
@@ -137,7 +138,9 @@ impl Proxy {
         // Counted with the answer (`Proxy::count`), as upgrades tether refuses itself are.
         access.upgrade_result = Some(outcome);
         let m = &self.live.metrics;
-        m.upgrade_seconds.observe(started.elapsed().as_secs_f64());
+        m.upgrade_seconds
+            .get_or_create(&ResultLabels { result: outcome })
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
