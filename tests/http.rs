@@ -771,3 +771,46 @@ async fn the_access_event_counts_the_request_body_that_arrived() {
     let line = bin.wait_for("tether::access");
     assert!(line.contains("bytes_up=10"), "{line}");
 }
+
+/// An HTTP/1.0 client asking for keep-alive, and an answer of unknown length (chunked
+/// from the backend): the body can only end with the connection, and the head says so,
+/// as nginx's does; a client that pipelined a second request is not left waiting.
+#[tokio::test]
+async fn an_http_1_0_keep_alive_answer_of_unknown_length_says_close() {
+    let backend = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(&one_backend(backend)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = b"GET / HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n";
+    s.write_all(&[&request[..], &request[..]].concat())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.0 200"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(!answer.contains("keep-alive"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+    proxy.stop().await;
+}
+
+/// TRACE is refused, as nginx refuses it: the echo would carry the client's cookies
+/// and credentials back into a page's reach.
+#[tokio::test]
+async fn trace_is_refused() {
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let (_s, head) = raw_head(
+        proxy.addr,
+        b"TRACE /info HTTP/1.1\r\nHost: t\r\nCookie: secret=1\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    proxy.stop().await;
+}

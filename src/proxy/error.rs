@@ -34,6 +34,9 @@ pub enum ProxyError {
     LocalShortage(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("CONNECT is not supported: tether is a reverse proxy")]
     Connect,
+    /// As nginx: a TRACE echoes the request, cookies and credentials included.
+    #[error("TRACE is not allowed")]
+    Trace,
     #[error("transfer codings other than a single `chunked` are not supported")]
     TransferCoding,
     #[error("the request has more than 100 header fields")]
@@ -84,7 +87,7 @@ impl ProxyError {
             | ProxyError::InvalidHost
             | ProxyError::ClientBody(_)
             | ProxyError::NoPrincipal { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Connect | ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoBackend { .. }
             | ProxyError::Upstream { .. }
@@ -217,6 +220,7 @@ mod tests {
             (ProxyError::DuplicateHost, 400),
             (ProxyError::InvalidHost, 400),
             (ProxyError::Connect, 405),
+            (ProxyError::Trace, 405),
             (ProxyError::TransferCoding, 501),
             (ProxyError::TooManyHeaders, 431),
             (ProxyError::ClientBody(io()), 400),

@@ -129,6 +129,7 @@ impl Proxy {
     /// Never fails: errors become the response [`ProxyError::response`] chooses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Logged> {
         let head = req.method() == Method::HEAD;
+        let http10 = req.version() == Version::HTTP_10;
         let chunked =
             req.version() < Version::HTTP_2 && req.headers().contains_key(TRANSFER_ENCODING);
         let mut pending = Pending::new(req.method(), Instant::now());
@@ -173,6 +174,20 @@ impl Proxy {
         // but sends it over HTTP/2; a backend's is empty already, tether's own is not.
         if head && matches!(resp.body(), Either::Right(_)) {
             *resp.body_mut() = Either::Right(Full::new(Bytes::new()));
+        }
+        // An HTTP/1.0 client gets a body of unknown length delimited by the close; hyper
+        // closes, but says `Connection: keep-alive` to a client that asked for it (it
+        // takes a response marked HTTP/1.1 to want keep-alive), and a client that
+        // pipelined waits in vain for its next answer (nginx says close). Marked 1.0
+        // and `close`, it is both.
+        if http10
+            && !head
+            && !matches!(resp.status().as_u16(), 100..=199 | 204 | 304)
+            && hyper::body::Body::size_hint(resp.body()).exact().is_none()
+        {
+            *resp.version_mut() = Version::HTTP_10;
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let status = resp.status();
         self.count(access, status);
@@ -220,6 +235,9 @@ impl Proxy {
         access.websocket = websocket;
         if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(ProxyError::Connect);
+        }
+        if req.method() == Method::TRACE {
+            return Err(ProxyError::Trace);
         }
         if !only_chunked(req.headers()) {
             return Err(ProxyError::TransferCoding);
