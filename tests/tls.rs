@@ -571,14 +571,7 @@ async fn an_http_1_0_client_offering_alpn_is_served() {
     let leaf = pki.leaf("default", &["chat.example.com"]);
     let nodes = nodes(&["a"]).await;
     let proxy = Proxy::start(&tls_config(&nodes, &cert_keys(&leaf), "")).await;
-    let mut stream = tls(
-        proxy.addr,
-        pki.client_config(&[b"http/1.0"], false),
-        "chat.example.com",
-    )
-    .await
-    .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let mut stream = alpn_tls(&proxy, &pki, b"http/1.0").await;
     stream
         .write_all(b"GET /info?u=k HTTP/1.0\r\nHost: chat.example.com\r\n\r\n")
         .await
@@ -593,14 +586,20 @@ async fn an_http_1_0_client_offering_alpn_is_served() {
 
 /// A TLS connection to `proxy` that negotiated `h2`, for `chat.example.com`.
 async fn h2_tls(proxy: &Proxy, pki: &Pki) -> TlsStream<TcpStream> {
+    alpn_tls(proxy, pki, b"h2").await
+}
+
+/// A TLS connection to `proxy` for `chat.example.com` offering only `protocol` in
+/// ALPN, which tether must have chosen.
+async fn alpn_tls(proxy: &Proxy, pki: &Pki, protocol: &[u8]) -> TlsStream<TcpStream> {
     let stream = tls(
         proxy.addr,
-        pki.client_config(&[b"h2"], false),
+        pki.client_config(&[protocol], false),
         "chat.example.com",
     )
     .await
     .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(protocol));
     stream
 }
 
