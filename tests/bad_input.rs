@@ -64,6 +64,18 @@ const BAD: &[(&str, &[u8], &str)] = &[
         "HTTP/1.1 405",
     ),
     (
+        // RFC 9112 §3.2.3: the authority form is CONNECT's alone (nginx: 400).
+        "a host:port target on GET",
+        b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
+        // RFC 9112 §3.2.4: `*` is OPTIONS's alone.
+        "a `*` target on GET",
+        b"GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 400",
+    ),
+    (
         // Else the name would match no host route and fall through to a catch-all.
         "a Host with a port that is not a number",
         b"GET /ws HTTP/1.1\r\nHost: chat.example.com:abc\r\nConnection: close\r\n\r\n",

@@ -800,6 +800,31 @@ async fn an_http_1_0_keep_alive_answer_of_unknown_length_says_close() {
     proxy.stop().await;
 }
 
+/// `OPTIONS *` asks about the server as a whole: it goes where the host's `/` route
+/// sends it, with its `*` target kept, as HAProxy passes it on.
+#[tokio::test]
+async fn options_asterisk_reaches_a_backend_as_sent() {
+    let nodes = nodes(&["a"]).await;
+    let proxy = Proxy::start(&config(&nodes, "", "")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The demo node describes the request it got.
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["method"], "OPTIONS", "{seen}");
+    assert_eq!(seen["path"], "*", "{seen}");
+    proxy.stop().await;
+}
+
 /// TRACE is refused, as nginx refuses it: the echo would carry the client's cookies
 /// and credentials back into a page's reach.
 #[tokio::test]

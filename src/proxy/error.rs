@@ -37,6 +37,10 @@ pub enum ProxyError {
     /// As nginx: a TRACE echoes the request, cookies and credentials included.
     #[error("TRACE is not allowed")]
     Trace,
+    #[error(
+        "a request target of the form host:port is for CONNECT alone, and `*` for OPTIONS alone"
+    )]
+    BadTarget,
     #[error("transfer codings other than a single `chunked` are not supported")]
     TransferCoding,
     #[error("the request has more than 100 header fields")]
@@ -85,6 +89,7 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::InvalidHost
+            | ProxyError::BadTarget
             | ProxyError::ClientBody(_)
             | ProxyError::NoPrincipal { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Connect | ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
@@ -221,6 +226,7 @@ mod tests {
             (ProxyError::InvalidHost, 400),
             (ProxyError::Connect, 405),
             (ProxyError::Trace, 405),
+            (ProxyError::BadTarget, 400),
             (ProxyError::TransferCoding, 501),
             (ProxyError::TooManyHeaders, 431),
             (ProxyError::ClientBody(io()), 400),

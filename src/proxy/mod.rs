@@ -42,7 +42,7 @@ use hyper::header::{
     CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderValue, LOCATION, SET_COOKIE,
     STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING, UPGRADE,
 };
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -239,6 +239,7 @@ impl Proxy {
         if req.method() == Method::TRACE {
             return Err(ProxyError::Trace);
         }
+        check_target(&req)?;
         if !only_chunked(req.headers()) {
             return Err(ProxyError::TransferCoding);
         }
@@ -268,7 +269,7 @@ impl Proxy {
         let snap = self.live.load();
         let route = snap
             .routes
-            .find(host_str.map(host_name), req.uri().path())
+            .find(host_str.map(host_name), route_path(req.uri()))
             .ok_or(ProxyError::NoRoute)?;
         access.route = Some(route.label.clone());
         let upstream = &snap.upstreams[route.upstream];
@@ -569,6 +570,30 @@ fn relay(
     one_content_length(&mut parts.headers);
     let body = Answer::new(body, lease, stall, backend.clone());
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The authority-form target is CONNECT's alone and `*` is OPTIONS's alone (RFC 9112
+/// §3.2.3–4; an HTTP/2 extended CONNECT has a scheme and a path). On any other method
+/// each is a 400, as nginx answers, not a 404 from a route search that cannot match.
+fn check_target(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    let asterisk = uri.path() == "*";
+    if authority_form && req.method() != Method::CONNECT
+        || asterisk && req.method() != Method::OPTIONS
+    {
+        return Err(ProxyError::BadTarget);
+    }
+    Ok(())
+}
+
+/// The path routes match: the target's, and `/` for `OPTIONS *`, which asks about the
+/// server as a whole (the backend still gets `*`, as HAProxy passes it on).
+fn route_path(uri: &Uri) -> &str {
+    match uri.path() {
+        "*" => "/",
+        p => p,
+    }
 }
 
 /// The request's host: the authority of an absolute-form target (which wins over
