@@ -1,6 +1,7 @@
 //! The binary's subcommands: `check` (summary or file:line:col and exit 1), `owner`
 //! (the same placement the proxy uses, pinned to independently computed answers),
-//! `run` (serves, exits 0 on SIGTERM, names file and address when a port is taken) and `demo` (three nodes behind tether).
+//! `run` (serves, exits 0 on SIGTERM, names file and address when a port is taken) and `demo` (three nodes behind tether);
+//! and that README's TOML examples are configs `check` accepts.
 
 mod common;
 
@@ -38,6 +39,48 @@ fn check_accepts_the_shipped_example_and_summarises_it() {
         assert!(out.contains(expect), "missing {expect:?} in:\n{out}");
     }
     assert!(!out.contains("warnings:"), "{out}");
+}
+
+/// Every TOML example in README is a config `tether check` accepts, once completed with
+/// what it leaves out (a listener, the upstreams its routes name) and with certificates
+/// where it names `conf/certs/` files: a reader who copies one gets no unknown key.
+#[test]
+fn check_accepts_every_toml_example_in_the_readme() {
+    let readme = include_str!("../README.md");
+    let pki = pki::Pki::new();
+    pki.leaf("default", &["localhost"]);
+    pki.leaf("chat", &["chat.example.com"]);
+    let certs = format!("{}/", pki.dir.path().display());
+    let examples: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|rest| rest.split_once("```").expect("an unclosed ```toml block").0)
+        .collect();
+    assert!(examples.len() >= 8, "found {} examples", examples.len());
+    for example in examples {
+        let mut text = example.replace("conf/certs/", &certs);
+        if !text.contains("[[listener]]") {
+            text.push_str("\n[[listener]]\nbind = \"127.0.0.1:8080\"\n");
+        }
+        let named: Vec<&str> = example
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("upstream = \""))
+            .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+            .collect();
+        for name in named {
+            if !text.contains(&format!("[upstream.{name}]")) {
+                text.push_str(&format!(
+                    "\n[upstream.{name}]\nbackends = [\"127.0.0.1:9001\"]\n"
+                ));
+            }
+        }
+        let (_dir, path) = write_config(&text);
+        let (code, _, err) = tether(&["check", "--config", &path]);
+        assert_eq!(
+            code, 0,
+            "README example:\n{example}\ncompleted as:\n{text}\n{err}"
+        );
+    }
 }
 
 #[test]
