@@ -60,7 +60,7 @@ fn check_accepts_every_toml_example_in_the_readme() {
     for example in examples {
         let mut text = example.replace("conf/certs/", &certs);
         if !text.contains("[[listener]]") {
-            text.push_str("\n[[listener]]\nbind = \"127.0.0.1:8080\"\n");
+            text.push_str("\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
         }
         let named: Vec<&str> = example
             .lines()
@@ -70,7 +70,7 @@ fn check_accepts_every_toml_example_in_the_readme() {
         for name in named {
             if !text.contains(&format!("[upstream.{name}]")) {
                 text.push_str(&format!(
-                    "\n[upstream.{name}]\nbackends = [\"127.0.0.1:9001\"]\n"
+                    "\n[upstream.{name}]\nbackends = [\"127.0.0.1:1\"]\n"
                 ));
             }
         }
