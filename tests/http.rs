@@ -787,12 +787,9 @@ async fn an_http_1_0_keep_alive_answer_of_unknown_length_says_close() {
     s.write_all(&[&request[..], &request[..]].concat())
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer))
+    let answer = read_until_closed(&mut s, "the HTTP/1.0 answer")
         .await
-        .expect("the connection stayed open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        .to_ascii_lowercase();
     assert!(answer.starts_with("http/1.0 200"), "{answer}");
     assert!(answer.contains("connection: close\r\n"), "{answer}");
     assert!(!answer.contains("keep-alive"), "{answer}");
@@ -810,12 +807,7 @@ async fn options_asterisk_reaches_a_backend_as_sent() {
     s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer))
-        .await
-        .expect("the connection stayed open")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut s, "the OPTIONS * answer").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // The demo node describes the request it got.
     let (_, body) = answer.split_once("\r\n\r\n").unwrap();
